@@ -1,0 +1,8 @@
+"""spinesegdiff: lumbar spine MRI segmentation with a dual-encoder diffusion model and uncertainty heatmaps.
+
+Implements SpineSegDiff (Monzon et al., MIDL) on the SPIDER dataset (van der Graaf et al., Scientific Data
+11:264, 2024, CC BY 4.0). Heavy dependencies (torch, SimpleITK) are imported by the modules that need them,
+so ``import spinesegdiff`` and ``spinesegdiff --help`` stay instant.
+"""
+
+__version__ = "0.1.0"

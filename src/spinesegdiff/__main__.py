@@ -1,0 +1,3 @@
+from spinesegdiff.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""Image input and output with SimpleITK, keeping the full geometry.
+
+Arrays use SimpleITK's numpy axis order: a 3D volume is ``(z, y, x)`` (slowest index first), while
+:class:`Geometry` lists spacing, origin and direction in ITK's ``(x, y, z)`` order and world coordinates in
+LPS, exactly as ``SimpleITK.Image`` does. :func:`read_image` returns ``(array, geometry)`` and
+:func:`write_image` takes the same pair back, so a read followed by a write reproduces the file's grid.
+
+Supported: ``.mha``/``.mhd``, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr`` and DICOM series folders (read only;
+labels derived from DICOM are written as NIfTI).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spinesegdiff.errors import InputError, MissingInputError
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+"""File endings read and written as images (longest first so ``.nii.gz`` wins over ``.gz``)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a voxel grid sits in the world (ITK conventions, LPS world coordinates).
+
+    Attributes:
+        spacing: voxel size in mm per ITK axis ``(x, y, z)``.
+        origin: world position (mm) of the centre of voxel ``(0, 0, 0)``.
+        direction: row-major ``D x D`` direction cosines; column ``j`` is the world direction of ITK axis ``j``.
+    """
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        dim = len(self.spacing)
+        if len(self.origin) != dim or len(self.direction) != dim * dim:
+            raise ValueError(
+                f"geometry of dimension {dim} needs {dim} origin values and {dim * dim} direction values, "
+                f"got {len(self.origin)} and {len(self.direction)}"
+            )
+        if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
+            raise ValueError(f"spacing must be positive and finite, got {self.spacing}")
+
+    @property
+    def dimension(self) -> int:
+        return len(self.spacing)
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """Direction cosines as a ``(D, D)`` array whose column ``j`` is ITK axis ``j`` in world space."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(self.dimension, self.dimension)
+
+    @classmethod
+    def from_sitk(cls, image) -> Geometry:
+        return cls(
+            spacing=tuple(float(v) for v in image.GetSpacing()),
+            origin=tuple(float(v) for v in image.GetOrigin()),
+            direction=tuple(float(v) for v in image.GetDirection()),
+        )
+
+    def apply_to(self, image) -> None:
+        """Copy this geometry onto a ``SimpleITK.Image`` of the same dimension."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> Geometry:
+        return cls(
+            spacing=tuple(float(v) for v in data["spacing"]),
+            origin=tuple(float(v) for v in data["origin"]),
+            direction=tuple(float(v) for v in data["direction"]),
+        )
+
+    def allclose(self, other: Geometry, *, atol: float = 1e-4) -> bool:
+        """True when both grids coincide up to ``atol`` (mm for spacing and origin, cosine for direction)."""
+        return (
+            self.dimension == other.dimension
+            and np.allclose(self.spacing, other.spacing, atol=atol)
+            and np.allclose(self.origin, other.origin, atol=atol)
+            and np.allclose(self.direction, other.direction, atol=atol)
+        )
+
+
+def image_suffix(path: str | Path) -> str:
+    """The image file ending of ``path`` (``.nii.gz``, ``.mha``, ...), or ``""`` for anything else."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def image_stem(path: str | Path) -> str:
+    """The file name without its image ending: ``scan.nii.gz`` -> ``scan``; a folder keeps its name."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True when ``path`` is a folder holding at least one DICOM series that GDCM recognises."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def _read_dicom_series(folder: Path):
+    import SimpleITK as sitk
+
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(folder, "folder holds no DICOM series")
+    # Several series in one folder: take the one with the most slices (the scan, not a localiser).
+    file_lists = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
+    files = max(file_lists, key=len)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def read_sitk_image(path: str | Path):
+    """Read a file or DICOM series folder into a ``SimpleITK.Image``.
+
+    Raises:
+        MissingInputError: ``path`` does not exist.
+        InputError: the path is not a readable image (the message names it).
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(path)
+    try:
+        if path.is_dir():
+            return _read_dicom_series(path)
+        if not image_suffix(path) and path.suffix.lower() not in (".dcm", ".ima", ""):
+            raise InputError(path, f"unsupported file type {path.suffix!r} (expected one of {IMAGE_SUFFIXES})")
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
+        raise InputError(path, "not a readable image file") from err
+
+
+def read_image(path: str | Path, *, expected_dimension: int | None = 3) -> tuple[np.ndarray, Geometry]:
+    """Read an image as ``(array, geometry)``.
+
+    Args:
+        path: an image file (see ``IMAGE_SUFFIXES``) or a DICOM series folder.
+        expected_dimension: refuse images of another dimension (``None`` accepts any).
+
+    Returns:
+        ``array`` in SimpleITK order (``(z, y, x)`` for 3D) with the file's own dtype, and its geometry.
+
+    Raises:
+        MissingInputError, InputError: missing path, unreadable file, multi-component pixels, wrong dimension.
+    """
+    import SimpleITK as sitk
+
+    image = read_sitk_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+    dimension = image.GetDimension()
+    if expected_dimension is not None and dimension != expected_dimension:
+        raise InputError(path, f"image is {dimension}D, a {expected_dimension}D volume is expected")
+    return sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
+
+
+def _to_sitk(array: np.ndarray, geometry: Geometry):
+    import SimpleITK as sitk
+
+    if array.ndim != geometry.dimension:
+        raise ValueError(f"array is {array.ndim}D but the geometry is {geometry.dimension}D")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.int64:
+        array = array.astype(np.int32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
+    geometry.apply_to(image)
+    return image
+
+
+def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, *, compress: bool = True) -> Path:
+    """Write ``array`` (SimpleITK axis order) with ``geometry`` to ``path`` atomically.
+
+    The file is written to a temporary name in the same folder and renamed into place, so a failure never
+    leaves a half-written file. The format follows the ending of ``path``.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = image_suffix(path)
+    if not suffix:
+        raise ValueError(f"{path}: cannot tell the image format from the file name (use one of {IMAGE_SUFFIXES})")
+    image = _to_sitk(array, geometry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{image_stem(path)}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, temporary, useCompression=compress)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_same_grid(image_path: str | Path, image: tuple[np.ndarray, Geometry],
+                    mask_path: str | Path, mask: tuple[np.ndarray, Geometry]) -> None:
+    """Raise :class:`InputError` naming the mask when image and mask do not share shape and geometry."""
+    (image_array, image_geometry), (mask_array, mask_geometry) = image, mask
+    if image_array.shape != mask_array.shape:
+        raise InputError(
+            mask_path, f"mask shape {mask_array.shape} differs from image {Path(image_path).name} {image_array.shape}"
+        )
+    if not image_geometry.allclose(mask_geometry, atol=1e-3):
+        raise InputError(mask_path, f"mask geometry differs from image {Path(image_path).name}")

@@ -1,0 +1,34 @@
+"""Build a network from a :class:`ModelConfig` and say what it predicts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from spinesegdiff.models.config import ModelConfig
+from spinesegdiff.models.iisdm_net import IISDMNet
+from spinesegdiff.models.spinesegdiff_net import SpineSegDiffNet
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """A freshly initialised network for ``config.variant``.
+
+    ``spinesegdiff``, ``diffunet2d`` and ``spinesegdiff_no_ie`` give a :class:`SpineSegDiffNet` (mask logits),
+    ``iisdm`` an :class:`IISDMNet` (noise). Both are called as ``net(x_t, t, image=y)``.
+    """
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+    if config.variant == "iisdm":
+        return IISDMNet(config)
+    return SpineSegDiffNet(config)
+
+
+def model_prediction_type(config: ModelConfig) -> Literal["sample", "epsilon"]:
+    """``"epsilon"`` for IISDM (predicts the noise), ``"sample"`` for the others (predict ``x0`` as logits)."""
+    return "epsilon" if config.variant == "iisdm" else "sample"
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
