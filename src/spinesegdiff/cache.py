@@ -63,13 +63,20 @@ class SliceCache:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def indices(self, *, cases: Sequence[str] | None = None, patients: Sequence[str] | None = None,
-                central_only: bool = False, exclude_oblique: bool = False) -> list[int]:
+    def indices(
+        self,
+        *,
+        cases: Sequence[str] | None = None,
+        patients: Sequence[str] | None = None,
+        central_only: bool = False,
+        exclude_oblique: bool = False,
+    ) -> list[int]:
         """Array indices of the slices that pass every given filter."""
         case_set = None if cases is None else set(cases)
         patient_set = None if patients is None else set(patients)
         return [
-            i for i, e in enumerate(self.entries)
+            i
+            for i, e in enumerate(self.entries)
             if (case_set is None or e.case in case_set)
             and (patient_set is None or e.patient in patient_set)
             and (not central_only or e.central)
@@ -81,16 +88,21 @@ class SliceCache:
         return sorted({e.case for e in self.entries})
 
 
-def preprocess_case(case: SpiderCase, *, slices: Literal["central", "all"] = "central",
-                    partial_vertebrae_as_vertebra: bool = True):
+def preprocess_case(
+    case: SpiderCase,
+    *,
+    slices: Literal["central", "all"] = "central",
+    partial_vertebrae_as_vertebra: bool = True,
+):
     """Read, check and preprocess one SPIDER series (image and mask) -> :class:`PreparedScan`."""
     image = read_image(case.image_path)
     classes = None
     if case.mask_path is not None:
         mask = read_image(case.mask_path)
         check_same_grid(case.image_path, image, case.mask_path, mask)
-        classes = to_classes(mask[0], partial_vertebrae_as_vertebra=partial_vertebrae_as_vertebra,
-                             source=case.mask_path)
+        classes = to_classes(
+            mask[0], partial_vertebrae_as_vertebra=partial_vertebrae_as_vertebra, source=case.mask_path
+        )
     return prepare_scan(image[0], image[1], classes_zyx=classes, slices=slices, source=case.image_path)
 
 
@@ -118,21 +130,34 @@ def build_cache(
         raise InputError(out_dir, "exists and is not a spinesegdiff cache; choose an empty or new folder")
     images, labels, entries, grids = [], [], [], {}
     for case in tqdm(cases, desc="preprocess", unit="scan", disable=not progress):
-        prepared = preprocess_case(case, slices=slices, partial_vertebrae_as_vertebra=partial_vertebrae_as_vertebra)
+        prepared = preprocess_case(
+            case, slices=slices, partial_vertebrae_as_vertebra=partial_vertebrae_as_vertebra
+        )
         grids[case.case_id] = prepared.grid
         for k, index in enumerate(prepared.indices):
             images.append(prepared.images[k])
             labels.append(prepared.labels[k])
-            entries.append(SliceEntry(
-                case=case.case_id, patient=case.patient_id, contrast=case.contrast, slice_index=index,
-                central=index == prepared.grid.central_index,
-                oblique=prepared.grid.oblique_deg > oblique_deg, oblique_deg=round(prepared.grid.oblique_deg, 3),
-                image_path=str(case.image_path), mask_path=None if case.mask_path is None else str(case.mask_path),
-            ))
+            entries.append(
+                SliceEntry(
+                    case=case.case_id,
+                    patient=case.patient_id,
+                    contrast=case.contrast,
+                    slice_index=index,
+                    central=index == prepared.grid.central_index,
+                    oblique=prepared.grid.oblique_deg > oblique_deg,
+                    oblique_deg=round(prepared.grid.oblique_deg, 3),
+                    image_path=str(case.image_path),
+                    mask_path=None if case.mask_path is None else str(case.mask_path),
+                )
+            )
     settings = {
-        "version": CACHE_VERSION, "data_dir": str(Path(data_dir).resolve()), "contrast_set": contrast_set,
-        "include_t2_space": include_t2_space, "slices": slices,
-        "partial_vertebrae_as_vertebra": partial_vertebrae_as_vertebra, "oblique_deg": oblique_deg,
+        "version": CACHE_VERSION,
+        "data_dir": str(Path(data_dir).resolve()),
+        "contrast_set": contrast_set,
+        "include_t2_space": include_t2_space,
+        "slices": slices,
+        "partial_vertebrae_as_vertebra": partial_vertebrae_as_vertebra,
+        "oblique_deg": oblique_deg,
         "intensity": "clip(x / p98, 0, 1) * 255 as uint8; network input = value / 127.5 - 1",
         "model_grid": "320 x 320 at 1 mm; rows superior->inferior, columns anterior->posterior",
     }
@@ -167,10 +192,14 @@ def load_cache(root: str | Path, *, mmap: bool = True) -> SliceCache:
         raise MissingInputError(root, "cache folder")
     manifest_path = root / "manifest.json"
     if not manifest_path.exists():
-        raise InputError(root, "not a spinesegdiff cache (no manifest.json); run `spinesegdiff preprocess` first")
+        raise InputError(
+            root, "not a spinesegdiff cache (no manifest.json); run `spinesegdiff preprocess` first"
+        )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("settings", {}).get("version") != CACHE_VERSION:
-        raise InputError(root, f"cache version {manifest.get('settings', {}).get('version')} is not {CACHE_VERSION}")
+        raise InputError(
+            root, f"cache version {manifest.get('settings', {}).get('version')} is not {CACHE_VERSION}"
+        )
     mode = "r" if mmap else None
     images = np.load(root / "images.npy", mmap_mode=mode)
     labels = np.load(root / "labels.npy", mmap_mode=mode)
@@ -178,5 +207,6 @@ def load_cache(root: str | Path, *, mmap: bool = True) -> SliceCache:
     if not (len(images) == len(labels) == len(entries)):
         raise InputError(root, "cache arrays and manifest disagree in length")
     grids = {case_id: SagittalGrid.from_dict(data) for case_id, data in manifest["grids"].items()}
-    return SliceCache(root=root, images=images, labels=labels, entries=entries, grids=grids,
-                      settings=manifest["settings"])
+    return SliceCache(
+        root=root, images=images, labels=labels, entries=entries, grids=grids, settings=manifest["settings"]
+    )

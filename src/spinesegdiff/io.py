@@ -147,7 +147,9 @@ def read_sitk_image(path: str | Path):
         if path.is_dir():
             return _read_dicom_series(path)
         if not image_suffix(path) and path.suffix.lower() not in (".dcm", ".ima", ""):
-            raise InputError(path, f"unsupported file type {path.suffix!r} (expected one of {IMAGE_SUFFIXES})")
+            raise InputError(
+                path, f"unsupported file type {path.suffix!r} (expected one of {IMAGE_SUFFIXES})"
+            )
         return sitk.ReadImage(str(path))
     except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
         raise InputError(path, "not a readable image file") from err
@@ -170,7 +172,9 @@ def read_image(path: str | Path, *, expected_dimension: int | None = 3) -> tuple
 
     image = read_sitk_image(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+        raise InputError(
+            path, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
+        )
     dimension = image.GetDimension()
     if expected_dimension is not None and dimension != expected_dimension:
         raise InputError(path, f"image is {dimension}D, a {expected_dimension}D volume is expected")
@@ -202,7 +206,9 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, *, comp
     path = Path(path)
     suffix = image_suffix(path)
     if not suffix:
-        raise ValueError(f"{path}: cannot tell the image format from the file name (use one of {IMAGE_SUFFIXES})")
+        raise ValueError(
+            f"{path}: cannot tell the image format from the file name (use one of {IMAGE_SUFFIXES})"
+        )
     image = _to_sitk(array, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{image_stem(path)}.", suffix=suffix, dir=path.parent)
@@ -216,13 +222,18 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, *, comp
     return path
 
 
-def check_same_grid(image_path: str | Path, image: tuple[np.ndarray, Geometry],
-                    mask_path: str | Path, mask: tuple[np.ndarray, Geometry]) -> None:
+def check_same_grid(
+    image_path: str | Path,
+    image: tuple[np.ndarray, Geometry],
+    mask_path: str | Path,
+    mask: tuple[np.ndarray, Geometry],
+) -> None:
     """Raise :class:`InputError` naming the mask when image and mask do not share shape and geometry."""
     (image_array, image_geometry), (mask_array, mask_geometry) = image, mask
     if image_array.shape != mask_array.shape:
         raise InputError(
-            mask_path, f"mask shape {mask_array.shape} differs from image {Path(image_path).name} {image_array.shape}"
+            mask_path,
+            f"mask shape {mask_array.shape} differs from image {Path(image_path).name} {image_array.shape}",
         )
     if not image_geometry.allclose(mask_geometry, atol=1e-3):
         raise InputError(mask_path, f"mask geometry differs from image {Path(image_path).name}")

@@ -75,7 +75,11 @@ def to_classes(
         InputError: a code outside the convention (the message names the file and the codes).
     """
     if not np.issubdtype(mask.dtype, np.integer):
-        if np.issubdtype(mask.dtype, np.floating) and np.all(np.isfinite(mask)) and np.all(mask == np.round(mask)):
+        if (
+            np.issubdtype(mask.dtype, np.floating)
+            and np.all(np.isfinite(mask))
+            and np.all(mask == np.round(mask))
+        ):
             mask = mask.astype(np.int64)
         else:
             raise InputError(source, f"mask holds non-integer values (dtype {mask.dtype})")
@@ -85,7 +89,9 @@ def to_classes(
     if convention == "semantic":
         unknown = codes[~np.isin(codes, (0, 1, 2, 3))]
         if unknown.size:
-            raise InputError(source, f"unknown label code(s) {_format_codes(unknown)} in a semantic mask (0-3)")
+            raise InputError(
+                source, f"unknown label code(s) {_format_codes(unknown)} in a semantic mask (0-3)"
+            )
         return mask.astype(np.uint8)
     if convention != "spider":
         raise ValueError(f"convention must be 'auto', 'spider' or 'semantic', got {convention!r}")

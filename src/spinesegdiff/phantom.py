@@ -41,19 +41,31 @@ class Phantom:
 
 
 def _sagittal_slice(
-    rows_mm: np.ndarray, cols_mm: np.ndarray, *, rng: np.random.Generator, lateral: float,
-    narrowed_disc: int | None, slipped_vertebra: int | None, num_vertebrae: int,
+    rows_mm: np.ndarray,
+    cols_mm: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    lateral: float,
+    narrowed_disc: int | None,
+    slipped_vertebra: int | None,
+    num_vertebrae: int,
 ) -> np.ndarray:
     """Label map of one slice; ``lateral`` in [0, 1] is the distance from the midline (0 = central)."""
     height_mm, width_mm = rows_mm[-1, 0], cols_mm[0, -1]
     labels = np.full(rows_mm.shape, BACKGROUND, dtype=np.uint8)
-    body_h, disc_h, body_w = rng.uniform(24, 28), rng.uniform(8, 11), rng.uniform(32, 38) * (1 - 0.25 * lateral)
+    body_h, disc_h, body_w = (
+        rng.uniform(24, 28),
+        rng.uniform(8, 11),
+        rng.uniform(32, 38) * (1 - 0.25 * lateral),
+    )
     pitch = body_h + disc_h
     top = (height_mm - num_vertebrae * pitch + disc_h) / 2
     curve_amp, curve_phase = rng.uniform(6, 12), rng.uniform(-0.3, 0.3)
 
     def column_centre(s_mm: np.ndarray | float) -> np.ndarray | float:
-        return width_mm * 0.42 + curve_amp * np.sin(np.pi * (s_mm - top) / (num_vertebrae * pitch) + curve_phase)
+        return width_mm * 0.42 + curve_amp * np.sin(
+            np.pi * (s_mm - top) / (num_vertebrae * pitch) + curve_phase
+        )
 
     centre_line = column_centre(rows_mm)
     canal_w = rng.uniform(12, 16) * max(0.0, 1 - 1.6 * lateral)
@@ -116,13 +128,20 @@ def make_phantom(
     col_sp, row_sp, _ = spacing
     rows_mm, cols_mm = np.meshgrid(np.arange(n_rows) * row_sp, np.arange(n_cols) * col_sp, indexing="ij")
     anatomy_seed = int(rng.integers(2**31))
-    labels = np.stack([
-        _sagittal_slice(rows_mm, cols_mm, rng=np.random.default_rng(anatomy_seed),
-                        lateral=abs(k - (n_slices - 1) / 2) / max(n_slices / 2, 1),
-                        narrowed_disc=narrowed_disc, slipped_vertebra=slipped_vertebra,
-                        num_vertebrae=num_vertebrae)
-        for k in range(n_slices)
-    ])
+    labels = np.stack(
+        [
+            _sagittal_slice(
+                rows_mm,
+                cols_mm,
+                rng=np.random.default_rng(anatomy_seed),
+                lateral=abs(k - (n_slices - 1) / 2) / max(n_slices / 2, 1),
+                narrowed_disc=narrowed_disc,
+                slipped_vertebra=slipped_vertebra,
+                num_vertebrae=num_vertebrae,
+            )
+            for k in range(n_slices)
+        ]
+    )
     tissue = _TISSUE[contrast]
     image = np.full(labels.shape, tissue["soft"], dtype=np.float32)
     for cls in (SPINAL_CANAL, VERTEBRA, DISC):
@@ -148,12 +167,19 @@ def make_phantom(
     imag = rng.normal(0, noise, size=image.shape)
     image = np.sqrt(real**2 + imag**2).astype(np.float32)
     image = np.clip(image / max(float(image.max()), 1e-6), 0.0, 1.0)
-    geometry = Geometry(spacing=tuple(float(s) for s in spacing), origin=(0.0, 0.0, 0.0), direction=PIR_DIRECTION)
+    geometry = Geometry(
+        spacing=tuple(float(s) for s in spacing), origin=(0.0, 0.0, 0.0), direction=PIR_DIRECTION
+    )
     return Phantom(image=image, labels=labels, geometry=geometry)
 
 
-def phantom_batch(count: int, *, size: int = 64, contrast: Literal["T1", "T2", "mixed"] = "T2", seed: int = 0,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def phantom_batch(
+    count: int,
+    *,
+    size: int = 64,
+    contrast: Literal["T1", "T2", "mixed"] = "T2",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Central slices of ``count`` phantoms on a square ``size`` grid, for model tests.
 
     Returns:
@@ -163,8 +189,13 @@ def phantom_batch(count: int, *, size: int = 64, contrast: Literal["T1", "T2", "
     spacing = 320.0 / size
     for k in range(count):
         this_contrast = contrast if contrast != "mixed" else ("T1", "T2")[k % 2]
-        phantom = make_phantom(shape=(1, size, size), spacing=(spacing, spacing, 3.0), contrast=this_contrast,
-                               seed=seed + k, num_vertebrae=5)
+        phantom = make_phantom(
+            shape=(1, size, size),
+            spacing=(spacing, spacing, 3.0),
+            contrast=this_contrast,
+            seed=seed + k,
+            num_vertebrae=5,
+        )
         images.append(phantom.image[0] * 2 - 1)
         labels.append(phantom.labels[0])
     return np.stack(images).astype(np.float32), np.stack(labels)

@@ -56,7 +56,9 @@ class Reorientation:
     def from_direction(cls, direction: np.ndarray) -> Reorientation:
         """Closest axis permutation for a ``(3, 3)`` LPS direction matrix (column ``j`` = ITK axis ``j``)."""
         ras = LPS_TO_RAS @ np.asarray(direction, dtype=np.float64).reshape(3, 3)
-        best = max(itertools.permutations(range(3)), key=lambda perm: sum(abs(ras[k, perm[k]]) for k in range(3)))
+        best = max(
+            itertools.permutations(range(3)), key=lambda perm: sum(abs(ras[k, perm[k]]) for k in range(3))
+        )
         flipped = tuple(bool(ras[k, best[k]] < 0) for k in range(3))
         return cls(native_axis=tuple(int(a) for a in best), flipped=flipped)
 
@@ -152,8 +154,9 @@ class SagittalGrid:
         return cls(
             native_shape=tuple(data["native_shape"]),
             geometry=Geometry.from_dict(data["geometry"]),
-            reorientation=Reorientation(tuple(data["reorientation"]["native_axis"]),
-                                        tuple(data["reorientation"]["flipped"])),
+            reorientation=Reorientation(
+                tuple(data["reorientation"]["native_axis"]), tuple(data["reorientation"]["flipped"])
+            ),
             rows=AxisResampling(**data["rows"]),
             cols=AxisResampling(**data["cols"]),
             plane=data["plane"],
@@ -244,8 +247,14 @@ def native_slice(volume_zyx: np.ndarray, grid: SagittalGrid, index: int) -> np.n
     return _ras_slice_to_view(grid.reorientation.to_ras(volume_zyx)[..., index, :, :])
 
 
-def _resample(view: np.ndarray, grid: SagittalGrid, *, order: int, forward: bool, cval: float = 0.0,
-              ) -> np.ndarray:
+def _resample(
+    view: np.ndarray,
+    grid: SagittalGrid,
+    *,
+    order: int,
+    forward: bool,
+    cval: float = 0.0,
+) -> np.ndarray:
     rows, cols = grid.rows, grid.cols
     if forward:
         matrix = (rows.scale, cols.scale)
@@ -256,7 +265,13 @@ def _resample(view: np.ndarray, grid: SagittalGrid, *, order: int, forward: bool
         offset = (-rows.offset / rows.scale, -cols.offset / cols.scale)
         shape = (rows.native_size, cols.native_size)
     return ndimage.affine_transform(
-        view, matrix, offset=offset, output_shape=shape, order=order, mode="constant", cval=cval,
+        view,
+        matrix,
+        offset=offset,
+        output_shape=shape,
+        order=order,
+        mode="constant",
+        cval=cval,
         prefilter=False,
     )
 
@@ -280,8 +295,12 @@ def soft_labels_to_model(view: np.ndarray, grid: SagittalGrid, *, num_classes: i
     """
     sigma = tuple(0.35 * axis.scale if axis.scale > 1 else 0.0 for axis in (grid.rows, grid.cols))
     channels = [ndimage.gaussian_filter((view == c).astype(np.float32), sigma) for c in range(num_classes)]
-    return np.stack([_resample(channel, grid, order=1, forward=True, cval=float(c == 0))
-                     for c, channel in enumerate(channels)])
+    return np.stack(
+        [
+            _resample(channel, grid, order=1, forward=True, cval=float(c == 0))
+            for c, channel in enumerate(channels)
+        ]
+    )
 
 
 def restore_labels(labels: np.ndarray, grid: SagittalGrid) -> np.ndarray:
@@ -289,8 +308,12 @@ def restore_labels(labels: np.ndarray, grid: SagittalGrid) -> np.ndarray:
     return _resample(np.asarray(labels, dtype=np.uint8), grid, order=0, forward=False)
 
 
-def restore_probabilities(probabilities: np.ndarray, grid: SagittalGrid, *, background_channel: int | None = 0,
-                          ) -> np.ndarray:
+def restore_probabilities(
+    probabilities: np.ndarray,
+    grid: SagittalGrid,
+    *,
+    background_channel: int | None = 0,
+) -> np.ndarray:
     """``(C, 320, 320)`` per-class maps -> ``(C, S, A)`` on the native slice grid (linear).
 
     Native pixels outside the model's field of view get probability 1 for ``background_channel`` and 0 for the
@@ -298,15 +321,25 @@ def restore_probabilities(probabilities: np.ndarray, grid: SagittalGrid, *, back
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
     restored = [
-        _resample(channel, grid, order=1, forward=False,
-                  cval=1.0 if background_channel is not None and c == background_channel else 0.0)
+        _resample(
+            channel,
+            grid,
+            order=1,
+            forward=False,
+            cval=1.0 if background_channel is not None and c == background_channel else 0.0,
+        )
         for c, channel in enumerate(probabilities)
     ]
     return np.stack(restored)
 
 
-def slices_to_volume(views: np.ndarray, indices: Sequence[int], grid: SagittalGrid, *, fill: float = 0,
-                     ) -> np.ndarray:
+def slices_to_volume(
+    views: np.ndarray,
+    indices: Sequence[int],
+    grid: SagittalGrid,
+    *,
+    fill: float = 0,
+) -> np.ndarray:
     """Put native-resolution sagittal views back into a volume on the scan's own grid.
 
     Args:

@@ -107,7 +107,9 @@ def find_cases(
             mask_path = None
         cases.append(SpiderCase(image_path.name[: -len(".mha")], parsed[0], parsed[1], image_path, mask_path))
     if not cases:
-        raise InputError(images, f"no SPIDER series of contrast set {contrast_set} ({', '.join(sorted(wanted))})")
+        raise InputError(
+            images, f"no SPIDER series of contrast set {contrast_set} ({', '.join(sorted(wanted))})"
+        )
     order = {"t1": 0, "t2": 1, "t2_SPACE": 2}
     return sorted(cases, key=lambda c: (int(c.patient_id), order[c.contrast]))
 
@@ -155,9 +157,7 @@ def series_overview(overview_csv: str | Path) -> dict[str, dict[str, str]]:
     return {row["new_file_name"]: row for row in _read_csv(Path(overview_csv))}
 
 
-def join_metadata(
-    cases: Iterable[SpiderCase], metadata_dir: str | Path
-) -> list[dict[str, object]]:
+def join_metadata(cases: Iterable[SpiderCase], metadata_dir: str | Path) -> list[dict[str, object]]:
     """One row per case: id, patient, contrast, sex, scanner fields and the patient's pathology flags.
 
     ``metadata_dir`` holds ``overview.csv`` and ``radiological_gradings.csv``; patients absent from the
@@ -175,7 +175,9 @@ def join_metadata(
             "contrast": case.contrast,
             "sex": series.get("sex", "").strip() or None,
             "manufacturer": series.get("Manufacturer") or None,
-            "field_strength_t": float(series["MagneticFieldStrength"]) if series.get("MagneticFieldStrength") else None,
+            "field_strength_t": float(series["MagneticFieldStrength"])
+            if series.get("MagneticFieldStrength")
+            else None,
         }
         patient_flags = flags.get(case.patient_id)
         for name in PATHOLOGIES:

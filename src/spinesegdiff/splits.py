@@ -33,9 +33,7 @@ def patient_of(case_name: str) -> str:
     return match["patient"]
 
 
-def make_patient_folds(
-    case_names: Sequence[str], *, num_folds: int = 5, seed: int = 12345
-) -> Split:
+def make_patient_folds(case_names: Sequence[str], *, num_folds: int = 5, seed: int = 12345) -> Split:
     """Shuffle patients with ``seed`` and deal them round-robin into ``num_folds`` folds.
 
     Args:
@@ -48,7 +46,9 @@ def make_patient_folds(
     """
     patients = sorted({patient_of(name) for name in case_names}, key=int)
     if not 2 <= num_folds <= len(patients):
-        raise ValueError(f"num_folds must be between 2 and the number of patients ({len(patients)}), got {num_folds}")
+        raise ValueError(
+            f"num_folds must be between 2 and the number of patients ({len(patients)}), got {num_folds}"
+        )
     order = np.random.default_rng(seed).permutation(len(patients))
     fold_of = {patients[p]: rank % num_folds for rank, p in enumerate(order)}
     split: Split = []
@@ -93,8 +93,13 @@ def load_split(path: str | Path) -> Split:
         split = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(path, f"not a JSON file ({err})") from err
-    if not isinstance(split, list) or not split or not all(
-        isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("test"), list) for f in split
+    if (
+        not isinstance(split, list)
+        or not split
+        or not all(
+            isinstance(f, dict) and isinstance(f.get("train"), list) and isinstance(f.get("test"), list)
+            for f in split
+        )
     ):
         raise InputError(path, 'expected a list of {"train": [...], "test": [...]} folds')
     return split

@@ -25,7 +25,7 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 def model_prediction_type(config: ModelConfig) -> Literal["sample", "epsilon"]:
-    """``"epsilon"`` for IISDM (predicts the noise), ``"sample"`` for the others (predict ``x0`` as logits)."""
+    """``"epsilon"`` for IISDM (predicts noise), ``"sample"`` for the others (predict ``x0`` as logits)."""
     return "epsilon" if config.variant == "iisdm" else "sample"
 
 

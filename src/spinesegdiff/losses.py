@@ -1,0 +1,71 @@
+"""Training losses, with the spaces written down once.
+
+SpineSegDiff (``x0`` prediction): the network emits mask LOGITS ``z``; ``p = sigmoid(z)`` in ``[0, 1]`` is
+compared with the one-hot ground truth ``g`` in ``{0, 1}`` (NOT the ``[-1, 1]`` diffusion space); the sampler
+uses ``x0_hat = 2 p - 1``. ``L = w_mse * MSE(p, g) + w_dice * (1 - Dice(p, g)) + w_bce * BCE(z, g)``
+(paper appendix A.2).
+
+IISDM (noise prediction): ``L = MSE(eps_hat, eps)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DICE_SMOOTH = 1e-5
+
+
+def soft_dice_loss(probs: torch.Tensor, target01: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+    """``1 - mean_c Dice_c`` with ``Dice_c = (2 sum(p g) + smooth) / (sum p + sum g + smooth)``.
+
+    The sums run over the batch and all spatial positions of channel ``c`` (batch-aware, so an image where a
+    structure is absent does not score 0 on its own). ``probs`` and ``target01``: ``(B, C, ...)`` in
+    ``[0, 1]``.
+    """
+    dims = [0, *range(2, probs.ndim)]
+    intersection = (probs * target01).sum(dim=dims)
+    total = probs.sum(dim=dims) + target01.sum(dim=dims)
+    dice = (2.0 * intersection + smooth) / (total + smooth)
+    return 1.0 - dice.mean()
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    target01: torch.Tensor,
+    *,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MSE + soft Dice + BCE between predicted mask probabilities and the one-hot ground truth.
+
+    Args:
+        logits: ``(B, C, H, W)`` network output (``C = 3``: SC, VB, IVD), any real values.
+        target01: ``(B, C, H, W)`` one-hot ground truth in ``{0, 1}`` (soft values in ``[0, 1]`` also work).
+        weights: weights of the MSE, Dice and BCE terms.
+
+    Returns:
+        ``(total, parts)``: the weighted sum (a scalar with gradient) and the unweighted terms ``{"mse",
+        "dice", "bce"}`` detached, for logging.
+    """
+    if logits.shape != target01.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target01.shape)} must have one shape"
+        )
+    if logits.ndim < 3:
+        raise ValueError(f"expected (B, C, ...) tensors, got {logits.ndim}D")
+    if len(weights) != 3:
+        raise ValueError(f"weights must hold 3 values (mse, dice, bce), got {weights!r}")
+    target = target01.to(logits.dtype)
+    probs = torch.sigmoid(logits)
+    mse = F.mse_loss(probs, target)
+    dice = soft_dice_loss(probs, target)
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    total = weights[0] * mse + weights[1] * dice + weights[2] * bce
+    return total, {"mse": mse.detach(), "dice": dice.detach(), "bce": bce.detach()}
+
+
+def epsilon_loss(pred_eps: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the predicted and the true noise (IISDM), both ``(B, C, H, W)``."""
+    if pred_eps.shape != eps.shape:
+        raise ValueError(f"pred_eps {tuple(pred_eps.shape)} and eps {tuple(eps.shape)} must have one shape")
+    return F.mse_loss(pred_eps, eps)
