@@ -1,0 +1,94 @@
+"""Checkpoints: model, EMA and optimiser state, step, and the full configuration, written atomically.
+
+A checkpoint is a ``torch.save`` dictionary with the keys ``format`` (:data:`CHECKPOINT_FORMAT`),
+``model_config``, ``train_config``, ``model``, ``ema``, ``optimizer``, ``step``, ``epoch``, ``best_metric``,
+``history`` and ``rng``. Inference needs only ``format``, ``model_config`` and ``ema`` (or ``model``), so shipped
+weights drop the rest (:func:`export_weights`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from spinesegdiff.errors import InputError, MissingInputError
+
+CHECKPOINT_FORMAT = "spinesegdiff-checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        MissingInputError: no such file.
+        InputError: not a spinesegdiff checkpoint (the message names the file).
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(path, "model file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise InputError(path, "not a spinesegdiff model file (cannot be read by torch.load)") from err
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, "not a spinesegdiff model file (no spinesegdiff checkpoint header)")
+    return payload
+
+
+def load_model(path: str | Path, *, use_ema: bool = True, map_location: Any = "cpu"):
+    """Rebuild a network from a checkpoint -> ``(model in eval mode, ModelConfig, payload)``."""
+    from spinesegdiff.models import ModelConfig, build_model
+
+    payload = load_checkpoint(path, map_location=map_location)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        model = build_model(config)
+        state = payload["ema"] if use_ema and payload.get("ema") is not None else payload["model"]
+        model.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        raise InputError(path, f"model file does not match this version of spinesegdiff ({err})") from err
+    return model.eval(), config, payload
+
+
+def export_weights(checkpoint_path: str | Path, out_path: str | Path, *, half: bool = True,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """Keep only what inference needs (EMA weights, configs, metrics), optionally as float16 to halve the size."""
+    payload = load_checkpoint(checkpoint_path)
+    weights = payload.get("ema") or payload["model"]
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    slim = {
+        "model_config": payload["model_config"],
+        "train_config": payload.get("train_config"),
+        "ema": weights,
+        "model": None,
+        "step": payload.get("step"),
+        "epoch": payload.get("epoch"),
+        "best_metric": payload.get("best_metric"),
+        **(extra or {}),
+    }
+    return save_checkpoint(out_path, slim)
