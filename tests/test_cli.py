@@ -18,7 +18,7 @@ from spinesegdiff.io import Geometry, read_image, write_image
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "spinesegdiff", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "spinesegdiff", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=120
     )
 
 
@@ -194,3 +194,10 @@ def test_load_cache_errors(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="not a spinesegdiff cache"):
         load_cache(tmp_path)
+
+
+def test_cli_registries_match_the_package() -> None:
+    from spinesegdiff import cli
+    from spinesegdiff.models.config import PRESETS, VARIANTS
+
+    assert cli.PRESETS == PRESETS and cli.VARIANTS == VARIANTS

@@ -13,9 +13,11 @@ from spinesegdiff.models import build_model, preset_config
 from spinesegdiff.models.blocks import repeat_to_batch
 from spinesegdiff.sampling import (
     class_probabilities,
+    entropy_floor,
     fuse_step_means,
     fusion_weights,
     normalised_entropy,
+    rescaled_entropy,
     sample_reference_procedure,
     sample_segmentation,
     structure_entropy,
@@ -125,6 +127,10 @@ def test_class_probabilities_by_hand() -> None:
     certain = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     assert normalised_entropy(class_probabilities(certain)).item() == pytest.approx(0.9148, abs=1e-4)
     assert normalised_entropy(class_probabilities(certain, "normalise")).item() == pytest.approx(0.0)
+    assert entropy_floor(4) == pytest.approx(0.9148, abs=1e-4) and entropy_floor(4, "normalise") == 0.0
+    assert rescaled_entropy(class_probabilities(certain)).item() == pytest.approx(0.0, abs=1e-5)
+    uniform_scores = torch.full((1, 3, 1, 1), 0.5)
+    assert rescaled_entropy(class_probabilities(uniform_scores)).item() == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="method"):
         class_probabilities(probs, method="max")  # type: ignore[arg-type]
 
@@ -207,6 +213,29 @@ def test_start_timestep_runs_only_the_refinement_steps() -> None:
     torch.testing.assert_close(net.calls[0][2], expected)
 
 
+def test_default_full_run_takes_fifty_steps() -> None:
+    net = FakeDualNet()
+    result = sample_segmentation(net, _image(1), scheduler=_scheduler(), num_samples=1)
+    assert result.num_network_calls == 50 == len(net.calls)
+    assert net.calls[0][1] == [980] and result.fused_timesteps == tuple(range(180, -1, -20))
+
+
+def test_default_refinement_steps_visit_every_timestep_from_the_start() -> None:
+    net = FakeDualNet()
+    result = sample_segmentation(
+        net,
+        _image(1),
+        scheduler=_scheduler(kind="cosine"),
+        num_samples=1,
+        fuse_steps=3,
+        start_mask=torch.sigmoid(_pattern(1)),
+        start_timestep=5,
+    )
+    assert [t[0] for _, t, _ in net.calls] == [5, 4, 3, 2, 1, 0]
+    assert result.num_network_calls == 6
+    assert result.fused_timesteps == (2, 1, 0)
+
+
 def test_fuses_the_last_steps_with_exponential_weights() -> None:
     # the x0 estimate at timestep t is sigmoid(logit(t)) everywhere, so Xbar_t is known exactly
     def logit(t: int) -> float:
@@ -221,11 +250,12 @@ def test_fuses_the_last_steps_with_exponential_weights() -> None:
     weights = fusion_weights(3)
     expected = sum(float(w) / (1 + math.exp(-logit(t))) for w, t in zip(weights, fused_steps, strict=True))
     torch.testing.assert_close(result.probabilities, torch.full((1, 3, SIZE, SIZE), expected))
-    # uncertainty: max over the fused steps of the class entropy of Xbar_t
+    # uncertainty: max over the fused steps of the class entropy of Xbar_t, stretched from [floor, 1] to [0, 1]
+    floor = normalised_entropy(torch.softmax(torch.tensor([[[[1.0]], [[0.0]], [[0.0]], [[0.0]]]]), dim=1)).item()
     entropies = [
-        normalised_entropy(
+        (normalised_entropy(
             class_probabilities(torch.full((1, 3, 1, 1), 1 / (1 + math.exp(-logit(t)))))
-        ).item()
+        ).item() - floor) / (1 - floor)
         for t in fused_steps
     ]
     torch.testing.assert_close(result.uncertainty, torch.full((1, SIZE, SIZE), max(entropies)))

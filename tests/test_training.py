@@ -130,7 +130,7 @@ def test_augmentation_is_seeded_and_keeps_ranges() -> None:
 def test_identity_spatial_keeps_labels() -> None:
     labels = torch.randint(0, 4, (2, 16, 16))
     config = AugmentConfig(p_spatial=0.0, p_gamma=0.0, p_remap=0.0, p_inversion=0.0, p_bias=0.0, p_noise=0.0)
-    image, out_labels = augment_batch(torch.rand(2, 1, 16, 16), labels, config, torch.Generator())
+    _, out_labels = augment_batch(torch.rand(2, 1, 16, 16), labels, config, torch.Generator())
     assert torch.equal(out_labels, labels)
 
 
@@ -160,7 +160,7 @@ def test_tiny_model_learns_the_phantom() -> None:
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.from_numpy(images)[:, None], torch.from_numpy(labels).long()
-    for step in range(300):
+    for _ in range(300):
         batch = torch.randint(0, len(x), (8,), generator=generator)
         loss, _ = training_loss(net, x[batch], y[batch], schedule=schedule, prediction_type="sample",
                                 generator=generator)
@@ -172,3 +172,23 @@ def test_tiny_model_learns_the_phantom() -> None:
                                  num_samples=3, num_steps=5, fuse_steps=3, generator=torch.Generator().manual_seed(1))
     dice = np.mean([dice_per_class(p, t) for p, t in zip(result.labels.numpy(), test_labels, strict=True)], axis=0)
     assert dice.mean() >= 0.8, dice
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_on_cpu(small_cache, tmp_path: Path) -> None:
+    """Two processes under torchrun (Gloo backend) train one epoch; rank 0 writes the checkpoint."""
+    import subprocess
+    import sys
+
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"model": TINY_MODEL, "epochs": 1, "batch_size": 1, "val_steps": 2,
+                                    "val_fuse_steps": 2, "val_samples": 1, "num_folds": 4, "threads": 1}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+               "-m", "spinesegdiff", "train", "--data", str(small_cache.root), "--out", str(tmp_path / "ddp"),
+               "--config", str(settings), "--device", "cpu", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    data = fold_data(TrainConfig.from_dict(saved["train_config"]), small_cache)
+    # each process draws batch_size slices per step: the epoch has half the steps of a single process
+    assert saved["step"] == -(-len(data.train) // 2)

@@ -6,3 +6,10 @@ so ``import spinesegdiff`` and ``spinesegdiff --help`` stay instant.
 """
 
 __version__ = "0.1.0"
+
+
+def segment(*args, **kwargs):
+    """Segment a scan: see :func:`spinesegdiff.predict.segment` (imported lazily to keep start-up instant)."""
+    from spinesegdiff.predict import segment as _segment
+
+    return _segment(*args, **kwargs)

@@ -13,8 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spinesegdiff import __version__
+from spinesegdiff.devices import DEVICE_CHOICES
+from spinesegdiff.spider import CONTRAST_SETS
 
-CONTRAST_SETS = ("T1w", "T2w", "T1w+T2w")
+# kept here so that --help needs no torch import; tests check them against spinesegdiff.models.config
+PRESETS = ("paper", "compact", "tiny")
+VARIANTS = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm")
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -85,6 +89,7 @@ _TRAIN_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule",
     "val_every": "val_every", "seed": "seed", "device": "device", "max_minutes": "max_minutes",
     "threads": "threads", "schedule": "schedule", "warmup_steps": "warmup_steps", "ema_decay": "ema_decay",
+    "val_fraction": "val_fraction",
 }
 
 
@@ -113,6 +118,146 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise SpineSegDiffError(f"invalid training settings: {err}") from err
     run = train(config, resume=args.resume, progress=not args.quiet)
     print(f"run folder: {run} (best.pt, last.pt, config.json, splits_final.json)")
+    return 0
+
+
+def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=int, default=15, help="diffusion samples S (default 15)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps K (default 10)")
+    parser.add_argument("--fuse-steps", type=int, default=10, help="last steps fused Ts (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="network arithmetic (default auto: bfloat16 where the hardware runs it natively)")
+
+
+def _sampler_settings(args: argparse.Namespace):
+    from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.inference import SamplerSettings
+
+    try:
+        return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
+                               seed=args.seed, precision=args.precision)
+    except ValueError as err:
+        raise SpineSegDiffError(f"invalid sampler settings: {err}") from err
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from spinesegdiff.fold_evaluation import evaluate_test_fold
+
+    report = evaluate_test_fold(args.run, settings=_sampler_settings(args), device=args.device,
+                                checkpoint=args.checkpoint, quiet=args.quiet)
+    summary = report.summary()
+    print(f"{summary['num_cases']} held-out central slices, {summary['seconds_per_slice']:.2f} s per slice")
+    print("| grid | SC | VB | IVD | mDice |")
+    print("|---|---|---|---|---|")
+    for grid in ("model_grid_320", "native_grid"):
+        row = summary[grid]
+        cells = " | ".join(f"{row[k]['mean']:.3f} +- {row[k]['std']:.3f}" for k in ("SC", "VB", "IVD"))
+        print(f"| {grid} | {cells} | {row['mDice']:.3f} |")
+    print(f"written: {Path(args.run) / 'test_metrics.json'}, {Path(args.run) / 'test_cases.csv'}")
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from spinesegdiff.benchmark import run_benchmark
+
+    data = args.data if args.data is not None and args.data.exists() else None
+    rows = run_benchmark(args.model, data_dir=data, samples=args.samples, steps=args.steps,
+                         fuse_steps=args.fuse_steps, threads=args.threads, onnx=not args.no_onnx,
+                         precision=args.precision)
+    print(f"{rows[0]['slice']}; {rows[0]['machine']}; torch {rows[0]['torch']}")
+    print("| procedure | s / slice | network calls | speed-up vs (a) | label Dice vs (b32) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        agreement = row.get("label_agreement_with_b32", "")
+        print(f"| {row['procedure']} | {row['seconds']:.2f} | {row['network_calls']} | {row['speedup_vs_a']:.1f}x "
+              f"| {agreement} |")
+    return 0
+
+
+def _scan_inputs(path: Path) -> list[Path]:
+    """One scan (file or DICOM folder), or the scans in a folder (image files and DICOM subfolders)."""
+    from spinesegdiff.errors import InputError, MissingInputError
+    from spinesegdiff.io import image_suffix, is_dicom_folder
+
+    if not path.exists():
+        raise MissingInputError(path)
+    if path.is_file() or is_dicom_folder(path):
+        return [path]
+    scans = sorted(p for p in path.iterdir()
+                   if (p.is_file() and image_suffix(p) and not p.name.startswith(".")) or
+                   (p.is_dir() and is_dicom_folder(p)))
+    if not scans:
+        raise InputError(path, "folder holds no scans (.mha, .nii, .nii.gz, .nrrd files or DICOM series)")
+    return scans
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from spinesegdiff.assets import default_model_path
+    from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.inference import Segmenter
+    from spinesegdiff.predict import load_scan, output_suffix, segment_loaded, write_outputs
+
+    scans = _scan_inputs(args.input)
+    output_suffix(None, args.format)  # validate --format before any work
+    settings = _sampler_settings(args)
+    segmenter = None
+    failures = 0
+    batch = len(scans) > 1
+    say = tqdm.write if batch else print
+    for scan in tqdm(scans, desc="predict", unit="scan", disable=not batch or args.quiet):
+        try:
+            loaded = load_scan(scan, volume=args.volume)
+        except SpineSegDiffError as err:
+            failures += 1
+            say(f"spinesegdiff: error: {err}", file=sys.stderr)
+            continue
+        if segmenter is None:  # loaded after the first good scan, so a bad input is reported first
+            segmenter = Segmenter.from_checkpoint(args.model or default_model_path(), device=args.device,
+                                                  settings=settings, quiet=args.quiet)
+            if args.model is None:
+                segmenter.model_name = "shipped: " + default_model_path().name
+        try:
+            result = segment_loaded(loaded, segmenter)
+            paths = write_outputs(result, args.output, output_format=args.format)
+        except SpineSegDiffError as err:
+            failures += 1
+            say(f"spinesegdiff: error: {err}", file=sys.stderr)
+            continue
+        if not args.quiet:
+            seconds = sum(v for k, v in result.timings.items() if k.endswith("_s"))
+            say(f"{scan.name}: {paths['segmentation'].name}, {paths['uncertainty'].name}, "
+                f"{paths['overlay'].name}, {paths['report'].name} ({seconds:.1f} s)")
+    if failures:
+        if batch:
+            print(f"spinesegdiff: {failures} of {len(scans)} scans failed", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from spinesegdiff.assets import default_model_path, sample_scan_path
+    from spinesegdiff.inference import Segmenter
+    from spinesegdiff.predict import segment, write_outputs
+
+    started = time.perf_counter()
+    segmenter = Segmenter.from_checkpoint(default_model_path(), device=args.device, settings=_sampler_settings(args),
+                                          quiet=True)
+    segmenter.model_name = "shipped: " + default_model_path().name
+    result = segment(sample_scan_path(), segmenter=segmenter)
+    paths = write_outputs(result, args.output)
+    stats = result.statistics()
+    print(f"segmented the shipped sample scan (SPIDER patient 107, T2 SPACE; van der Graaf et al., Sci Data 2024, "
+          f"CC BY 4.0) on {segmenter.device} in {time.perf_counter() - started:.1f} s")
+    for key in ("SC", "VB", "IVD"):
+        entry = stats[key]
+        print(f"  {entry['name']:<20} {entry['area_mm2']:>8.0f} mm^2   mean uncertainty {entry['uncertainty_mean']}")
+    for name, path in paths.items():
+        print(f"  {name:<13} {path}")
     return 0
 
 
@@ -167,9 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", required=True, type=Path, help="cache folder (spinesegdiff preprocess) or SPIDER folder")
     tr.add_argument("--out", required=True, type=Path, help="run folder for checkpoints and logs")
     tr.add_argument("--config", type=Path, help="JSON file of training settings (flags below override it)")
-    tr.add_argument("--preset", choices=("paper", "compact", "tiny"), help="network size (default compact)")
-    tr.add_argument("--variant", choices=("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm"),
-                    help="model variant (default spinesegdiff)")
+    tr.add_argument("--preset", choices=PRESETS, help="network size (default compact)")
+    tr.add_argument("--variant", choices=VARIANTS, help="model variant (default spinesegdiff)")
     tr.add_argument("--fold", help="test fold 0..K-1, or 'all' to train on every case (default 0)")
     tr.add_argument("--folds", type=int, help="number of patient folds K (default 5)")
     tr.add_argument("--split-file", help="splits_final.json to take the folds from (ours or the paper's)")
@@ -181,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ema-decay", type=float)
     tr.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule (default linear)")
     tr.add_argument("--val-every", type=int, help="validate every N epochs")
+    tr.add_argument("--val-fraction", type=float,
+                    help="share of the training patients held out for validation (default 0.15; 0: none)")
     tr.add_argument("--seed", type=int)
-    tr.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    tr.add_argument("--device", choices=DEVICE_CHOICES)
     tr.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     tr.add_argument("--max-minutes", type=float, help="stop (validate and save) after this much wall time")
     tr.add_argument("--no-augment", action="store_true")
@@ -190,6 +336,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(handler=_cmd_train)
+
+    te = commands.add_parser("test", help="score a run on its held-out test fold (320 grid and native grid)")
+    te.add_argument("--run", required=True, type=Path, help="run folder written by spinesegdiff train")
+    te.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run folder (default best.pt)")
+    _add_sampler_options(te)
+    te.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    te.add_argument("--quiet", action="store_true")
+    te.set_defaults(handler=_cmd_test)
+
+    be = commands.add_parser("benchmark", help="seconds per slice: the authors' sampling procedure vs ours")
+    be.add_argument("--model", required=True, type=Path, help="checkpoint or run folder")
+    be.add_argument("--data", type=Path, default=Path("../shared/data/spider-t2space"),
+                    help="SPIDER folder for a real slice (a phantom slice where it is absent)")
+    _add_sampler_options(be)
+    be.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
+    be.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime row")
+    be.set_defaults(handler=_cmd_benchmark)
+
+    pr = commands.add_parser("predict", help="segment scans (.mha, .nii.gz, .nrrd, DICOM, or a folder of them)")
+    pr.add_argument("-i", "--input", required=True, type=Path, help="scan, DICOM series folder, or folder of scans")
+    pr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    pr.add_argument("--model", type=Path, help="checkpoint or run folder (default: the shipped compact model)")
+    pr.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    pr.add_argument("--volume", action="store_true", help="segment every sagittal slice, not only the central one")
+    pr.add_argument("--format", help="output format: nii.gz, mha, nrrd or nii (default: the input's; DICOM -> nii.gz)")
+    _add_sampler_options(pr)
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(handler=_cmd_predict)
+
+    de = commands.add_parser("demo", help="segment the shipped sample scan with the shipped model")
+    de.add_argument("-o", "--output", type=Path, default=Path("spinesegdiff-demo"), help="output folder")
+    de.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    _add_sampler_options(de)
+    de.set_defaults(handler=_cmd_demo)
     return parser
 
 

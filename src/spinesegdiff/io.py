@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,18 +110,36 @@ def image_stem(path: str | Path) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
-def is_dicom_folder(path: str | Path) -> bool:
-    """True when ``path`` is a folder holding at least one DICOM series that GDCM recognises."""
+@contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """Silence ITK's own stderr warnings (GDCM prints one for every folder without DICOM files)."""
     import SimpleITK as sitk
 
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _dicom_series_ids(folder: Path) -> tuple[str, ...]:
+    import SimpleITK as sitk
+
+    with _itk_warnings_off():
+        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True when ``path`` is a folder holding at least one DICOM series that GDCM recognises."""
     path = Path(path)
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(_dicom_series_ids(path))
 
 
 def _read_dicom_series(folder: Path):
     import SimpleITK as sitk
 
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    series_ids = _dicom_series_ids(folder)
     if not series_ids:
         raise InputError(folder, "folder holds no DICOM series")
     # Several series in one folder: take the one with the most slices (the scan, not a localiser).

@@ -32,6 +32,7 @@ Fusion = Literal["exp", "uncertainty"]
 FUSIONS: tuple[str, ...] = ("exp", "uncertainty")
 ClassMethod = Literal["softmax", "normalise"]
 CLASS_METHODS: tuple[str, ...] = ("softmax", "normalise")
+DEFAULT_NUM_STEPS = 50  # DDIM steps of a full run (the reference code used 50)
 
 
 class DenoisingNetwork(Protocol):
@@ -63,8 +64,9 @@ class SegmentationResult:
         labels: ``(B, H, W)`` int64 label map in ``{0 .. C}`` (0 background, 1 SC, 2 VB, 3 IVD), the argmax of
             ``class_probabilities``: a structure wins only where its probability exceeds 0.5 and those of the
             other structures, background wins ties.
-        uncertainty: ``(B, H, W)`` in ``[0, 1]``, max over the fused steps of the normalised class entropy of
-            ``Xbar_t`` (paper eq. 4-5).
+        uncertainty: ``(B, H, W)`` in ``[0, 1]``, max over the fused steps of the class entropy of ``Xbar_t``
+            (paper eq. 4-5), divided by ``log K`` and stretched by :func:`rescaled_entropy` so that a certain
+            pixel is 0 and a uniform one 1.
         structure_uncertainty: ``(B, C, H, W)`` in ``[0, 1]``, max over the fused steps of the binary entropy
             (in bits) of each structure probability of ``Xbar_t``.
         variance: ``(B, C, H, W)``, variance over the ``S`` samples of the final step's probabilities (IISDM
@@ -163,6 +165,29 @@ def normalised_entropy(class_probs: torch.Tensor) -> torch.Tensor:
     return (entropy / math.log(classes)).clamp(0.0, 1.0)
 
 
+def entropy_floor(num_classes: int, method: ClassMethod = "softmax") -> float:
+    """Smallest :func:`normalised_entropy` that :func:`class_probabilities` can produce (a certain pixel).
+
+    0 for ``"normalise"``; for ``"softmax"`` the entropy of ``softmax([1, 0, .., 0])`` over ``num_classes``
+    (0.915 for K = 4), because the scores it softmaxes lie in ``[0, 1]``.
+    """
+    if method == "normalise":
+        return 0.0
+    scores = torch.zeros(1, num_classes, 1, 1, dtype=torch.float64)
+    scores[0, 0] = 1.0
+    return float(normalised_entropy(torch.softmax(scores, dim=1)))
+
+
+def rescaled_entropy(class_probs: torch.Tensor, method: ClassMethod = "softmax") -> torch.Tensor:
+    """:func:`normalised_entropy` stretched so a certain pixel maps to 0 and a uniform one to 1.
+
+    A monotone map of the paper's entropy (same ranking of pixels), ``(h - floor) / (1 - floor)`` with
+    ``floor = entropy_floor(K, method)``, so heatmaps use the whole ``[0, 1]`` under either method.
+    """
+    floor = entropy_floor(class_probs.shape[1], method)
+    return ((normalised_entropy(class_probs) - floor) / (1.0 - floor)).clamp(0.0, 1.0)
+
+
 def structure_entropy(mask_probs: torch.Tensor) -> torch.Tensor:
     """Binary entropy in bits of each structure probability: ``(B, C, H, W)`` -> ``(B, C, H, W)`` in [0, 1].
 
@@ -220,7 +245,7 @@ def _summarise(
     fused = fuse_step_means(step_means, fusion=fusion)
     classes = class_probabilities(fused, class_method)
     step_classes = class_probabilities(step_means.flatten(0, 1), class_method)
-    step_entropy = normalised_entropy(step_classes).view(steps, batch, *step_means.shape[-2:])
+    step_entropy = rescaled_entropy(step_classes, class_method).view(steps, batch, *step_means.shape[-2:])
     return SegmentationResult(
         probabilities=fused,
         class_probabilities=classes,
@@ -247,7 +272,7 @@ def _check_arguments(
     *,
     scheduler: DDIMScheduler,
     num_samples: int,
-    num_steps: int,
+    num_steps: int | None,
     fuse_steps: int,
     prediction_type: str,
     fusion: str,
@@ -280,6 +305,10 @@ def _check_arguments(
             raise ValueError(f"start_mask must have shape {expected}, got {tuple(start_mask.shape)}")
         if float(start_mask.min()) < 0.0 or float(start_mask.max()) > 1.0:
             raise ValueError("start_mask must hold probabilities in [0, 1]")
+    if num_steps is None:
+        num_steps = (
+            DEFAULT_NUM_STEPS if start_timestep is None else min(DEFAULT_NUM_STEPS, start_timestep + 1)
+        )
     scheduler.set_timesteps(num_steps, start_timestep=start_timestep)
     timesteps = scheduler.timesteps.tolist()
     if not 1 <= fuse_steps <= len(timesteps):
@@ -299,7 +328,7 @@ def _starting_sample(
     """Pure noise, or the start mask (``(B, C, H, W)``, ``[0, 1]``) noised to ``timestep`` with ``noise``."""
     if start_mask is None:
         return noise
-    x0 = (2.0 * start_mask.to(noise.dtype) - 1.0).repeat_interleave(repeats, dim=0)
+    x0 = (2.0 * start_mask.to(device=noise.device, dtype=noise.dtype) - 1.0).repeat_interleave(repeats, dim=0)
     steps = torch.full((noise.shape[0],), timestep, dtype=torch.int64)
     return add_noise(x0, noise, steps, scheduler.schedule)
 
@@ -315,7 +344,7 @@ def sample_segmentation(
     *,
     scheduler: DDIMScheduler,
     num_samples: int = 15,
-    num_steps: int = 50,
+    num_steps: int | None = None,
     fuse_steps: int = 10,
     generator: torch.Generator | None = None,
     prediction_type: Literal["sample", "epsilon"] = "sample",
@@ -338,7 +367,8 @@ def sample_segmentation(
         image: ``(B, image_channels, H, W)`` in ``[-1, 1]``, on the network's device.
         scheduler: a :class:`~spinesegdiff.diffusion.DDIMScheduler`; its timesteps are set here.
         num_samples: ``S``.
-        num_steps: DDIM steps (network calls).
+        num_steps: DDIM steps (network calls); by default 50 for a full run, and every timestep from
+            ``start_timestep`` down to 0 (at most 50) for a refinement.
         fuse_steps: ``Ts``, number of final steps fused.
         generator: seeds the starting noise and the DDIM noise (``eta > 0``); same seed, same result.
         prediction_type: ``"sample"`` (the network returns ``x0`` logits) or ``"epsilon"`` (noise; the ``x0``
@@ -404,7 +434,7 @@ def sample_reference_procedure(
     *,
     scheduler: DDIMScheduler,
     num_samples: int = 15,
-    num_steps: int = 50,
+    num_steps: int | None = None,
     fuse_steps: int = 10,
     generator: torch.Generator | None = None,
     prediction_type: Literal["sample", "epsilon"] = "sample",

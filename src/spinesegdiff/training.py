@@ -36,7 +36,14 @@ from spinesegdiff.losses import epsilon_loss, segmentation_loss
 from spinesegdiff.metrics import dice_per_class
 from spinesegdiff.models import ModelConfig, build_model, model_prediction_type, preset_config
 from spinesegdiff.sampling import sample_segmentation
-from spinesegdiff.splits import apply_split, load_split, make_patient_folds, patient_of, save_split, validation_patients
+from spinesegdiff.splits import (
+    apply_split,
+    load_split,
+    make_patient_folds,
+    patient_of,
+    save_split,
+    validation_patients,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -340,7 +347,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
             image, labels = batch_tensors(cache, np.sort(chosen), device)
             image, labels = augment_batch(image, labels, config.augment, generator)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, parts = training_loss(model, image * 2 - 1, labels, schedule=schedule,
+                loss, _ = training_loss(model, image * 2 - 1, labels, schedule=schedule,
                                             prediction_type=prediction_type, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -75,7 +75,10 @@ class IISDMNet(nn.Module):
             return SelfAttention2d(channels, num_heads=config.num_heads, norm=norm)
 
         self.time_embedding = TimestepEmbedding(tdim)
-        self.input_conv = nn.Conv2d(config.image_channels + config.mask_channels, widths[0], 3, padding=1)
+        patch = config.patch_size
+        self.unshuffle = nn.PixelUnshuffle(patch) if patch > 1 else nn.Identity()
+        self.shuffle = nn.PixelShuffle(patch) if patch > 1 else nn.Identity()
+        self.input_conv = nn.Conv2d((config.image_channels + config.mask_channels) * patch**2, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels = [widths[0]]
         channels = widths[0]
@@ -107,7 +110,7 @@ class IISDMNet(nn.Module):
                 )
                 channels = width
         self.out = nn.Sequential(
-            make_norm(norm, channels), nn.SiLU(), nn.Conv2d(channels, config.mask_channels, 3, padding=1)
+            make_norm(norm, channels), nn.SiLU(), nn.Conv2d(channels, config.mask_channels * patch**2, 3, padding=1)
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -147,7 +150,8 @@ class IISDMNet(nn.Module):
             )
         batch = x_t.shape[0]
         temb = self.time_embedding(timestep_batch(t, batch, x_t.device))
-        h = self.input_conv(torch.cat([repeat_to_batch(image, batch, "image").to(x_t.dtype), x_t], dim=1))
+        h = torch.cat([repeat_to_batch(image, batch, "image").to(x_t.dtype), x_t], dim=1)
+        h = self.input_conv(self.unshuffle(h))
         skips = [h]
         for stage in self.down:
             h = stage(h, temb)
@@ -156,4 +160,4 @@ class IISDMNet(nn.Module):
             h = stage(h, temb)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), temb)
-        return self.out(h)
+        return self.shuffle(self.out(h))

@@ -44,14 +44,15 @@ class ImageEncoder(nn.Module):
         }
         widths = config.widths
         self.pool = nn.MaxPool2d(2)
+        self.unshuffle = nn.PixelUnshuffle(config.patch_size) if config.patch_size > 1 else nn.Identity()
         self.levels = nn.ModuleList(
-            [ResidualBlock(config.image_channels, widths[0], **block)]
+            [ResidualBlock(config.image_channels * config.patch_size**2, widths[0], **block)]
             + [ResidualBlock(widths[i - 1], widths[i], **block) for i in range(1, len(widths))]
         )
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         features = []
-        h = image
+        h = self.unshuffle(image)
         for index, level in enumerate(self.levels):
             h = level(h if index == 0 else self.pool(h))
             features.append(h)
@@ -84,7 +85,10 @@ class SpineSegDiffNet(nn.Module):
         self.time_embedding = TimestepEmbedding(config.time_embed_dim)
         self.image_encoder = ImageEncoder(config) if config.variant != "spinesegdiff_no_ie" else None
         self.pool = nn.MaxPool2d(2)
-        in_channels = config.image_channels + config.mask_channels
+        patch = config.patch_size
+        self.unshuffle = nn.PixelUnshuffle(patch) if patch > 1 else nn.Identity()
+        self.shuffle = nn.PixelShuffle(patch) if patch > 1 else nn.Identity()
+        in_channels = (config.image_channels + config.mask_channels) * patch**2
         self.down = nn.ModuleList(
             [ResidualBlock(in_channels, widths[0], **block)]
             + [ResidualBlock(widths[i - 1], widths[i], **block) for i in range(1, len(widths))]
@@ -96,7 +100,7 @@ class SpineSegDiffNet(nn.Module):
         self.up = nn.ModuleList(
             [ResidualBlock(2 * widths[i - 1], widths[i - 1], **block) for i in range(len(widths) - 1, 0, -1)]
         )
-        self.head = nn.Conv2d(widths[0], config.mask_channels, kernel_size=1)
+        self.head = nn.Conv2d(widths[0], config.mask_channels * patch**2, kernel_size=1)
 
     @property
     def has_image_encoder(self) -> bool:
@@ -115,7 +119,8 @@ class SpineSegDiffNet(nn.Module):
             image: ``(B, image_channels, H, W)`` in ``[-1, 1]``.
 
         Returns:
-            ``depth`` feature maps, level ``i`` of shape ``(B, widths[i], H / 2**i, W / 2**i)``.
+            ``depth`` feature maps, level ``i`` of shape ``(B, widths[i], H / (p 2**i), W / (p 2**i))`` with
+            ``p = config.patch_size``.
         """
         if self.image_encoder is None:
             raise RuntimeError(f"variant {self.config.variant!r} has no image encoder")
@@ -164,7 +169,7 @@ class SpineSegDiffNet(nn.Module):
                 raise ValueError(f"image_features must hold {config.depth} maps, got {len(image_features)}")
 
         temb = self.time_embedding(timestep_batch(t, batch, x_t.device))
-        h = torch.cat([repeat_to_batch(image, batch, "image").to(x_t.dtype), x_t], dim=1)
+        h = self.unshuffle(torch.cat([repeat_to_batch(image, batch, "image").to(x_t.dtype), x_t], dim=1))
         skips = []
         for index, level in enumerate(self.down):
             h = level(h if index == 0 else self.pool(h), temb)
@@ -174,4 +179,4 @@ class SpineSegDiffNet(nn.Module):
         h = skips.pop()
         for upsample, level in zip(self.upsample, self.up, strict=True):
             h = level(torch.cat([skips.pop(), upsample(h)], dim=1), temb)
-        return self.head(h)
+        return self.shuffle(self.head(h))

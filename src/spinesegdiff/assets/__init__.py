@@ -1,0 +1,30 @@
+"""Files that ship inside the package: the trained compact model and one sample scan for the demo.
+
+Both derive from SPIDER (van der Graaf et al., Scientific Data 11:264, 2024, CC BY 4.0); see MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spinesegdiff.errors import MissingInputError
+
+ASSETS = Path(__file__).resolve().parent
+DEFAULT_MODEL = "spinesegdiff-compact.pt"
+SAMPLE_SCAN = "spider_107_t2_SPACE.mha"
+
+
+def default_model_path() -> Path:
+    """The shipped compact SpineSegDiff weights."""
+    path = ASSETS / DEFAULT_MODEL
+    if not path.is_file():
+        raise MissingInputError(path, "shipped model file (reinstall spinesegdiff)")
+    return path
+
+
+def sample_scan_path() -> Path:
+    """The shipped sample scan (SPIDER patient 107, t2_SPACE, the 9 central sagittal slices)."""
+    path = ASSETS / SAMPLE_SCAN
+    if not path.is_file():
+        raise MissingInputError(path, "shipped sample scan (reinstall spinesegdiff)")
+    return path

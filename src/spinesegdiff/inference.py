@@ -1,0 +1,221 @@
+"""Segment model-grid slices with a trained network: the multi-sample DDIM sampler behind one object.
+
+:class:`Segmenter` holds a network, its noise schedule and the sampling settings; :meth:`Segmenter.segment`
+takes ``uint8`` 320 x 320 slices (as :func:`spinesegdiff.preprocess.prepare_scan` makes them) and returns the
+fused probabilities, label maps and uncertainty maps as NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from spinesegdiff.checkpoint import load_model
+from spinesegdiff.devices import resolve_device
+from spinesegdiff.diffusion import DDIMScheduler, make_schedule
+from spinesegdiff.errors import MissingInputError
+from spinesegdiff.models import ModelConfig, model_prediction_type
+from spinesegdiff.preprocess import to_network_range
+from spinesegdiff.sampling import sample_reference_procedure, sample_segmentation
+
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerSettings:
+    """How to sample: ``S`` samples, ``K`` DDIM steps, the last ``Ts`` fused (defaults S = 15, K = Ts = 10).
+
+    ``fusion`` ``None`` picks the variant's own (Diff-UNet 2D: uncertainty-weighted; others: exponential).
+    ``precision`` is the network's arithmetic: ``auto`` takes bfloat16 where the hardware runs it fast (CPUs
+    with AVX512-BF16 or AMX, CUDA GPUs with bf16) and float32 elsewhere; the sampler's own arithmetic (DDIM
+    updates, fusion, entropy) stays float32 either way.
+    """
+
+    num_samples: int = 15
+    num_steps: int = 10
+    fuse_steps: int = 10
+    eta: float = 0.0
+    fusion: Literal["exp", "uncertainty"] | None = None
+    seed: int = 0
+    images_per_batch: int = 1
+    precision: Precision = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.num_samples < 1 or self.num_steps < 1 or self.images_per_batch < 1:
+            raise ValueError("num_samples, num_steps and images_per_batch must be positive")
+        if not 1 <= self.fuse_steps <= self.num_steps:
+            raise ValueError(f"fuse_steps must lie in 1..num_steps ({self.num_steps}), got {self.fuse_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SliceSegmentation:
+    """Sampler output for ``N`` slices on the model grid, as NumPy arrays.
+
+    Attributes:
+        probabilities: ``(N, 3, 320, 320)`` float32 fused SC/VB/IVD probabilities in [0, 1].
+        class_probabilities: ``(N, 4, 320, 320)`` float32, background first, summing to 1.
+        labels: ``(N, 320, 320)`` uint8 in {0, 1, 2, 3}.
+        uncertainty: ``(N, 320, 320)`` float32 entropy heatmap in [0, 1].
+        structure_uncertainty: ``(N, 3, 320, 320)`` float32 per-structure entropy in [0, 1].
+        variance: ``(N, 3, 320, 320)`` float32 sample variance of the last step (IISDM-style uncertainty).
+        network_calls: denoiser passes made, summed over batches.
+    """
+
+    probabilities: np.ndarray
+    class_probabilities: np.ndarray
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    structure_uncertainty: np.ndarray
+    variance: np.ndarray
+    network_calls: int
+
+
+def fast_bfloat16_available(device: torch.device) -> bool:
+    """Whether bfloat16 convolutions run natively here (not emulated, which is slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(choice: str, device: torch.device) -> torch.dtype:
+    """``fp32`` / ``bf16`` as asked; ``auto`` -> bfloat16 where :func:`fast_bfloat16_available`, else float32."""
+    if choice == "auto":
+        return torch.bfloat16 if fast_bfloat16_available(device) else torch.float32
+    return torch.bfloat16 if choice == "bf16" else torch.float32
+
+
+class ReducedPrecisionNetwork:
+    """Runs a copy of a network in ``dtype`` behind the float32 interface the sampler uses."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype) -> None:
+        self.net = copy.deepcopy(net).to(dtype).eval()
+        self.dtype = dtype
+        self.has_image_encoder = bool(getattr(net, "has_image_encoder", False))
+
+    def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.encode_image(image.to(self.dtype))
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, *, image: torch.Tensor,
+                 image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.net(x_t.to(self.dtype), t, image=image.to(self.dtype), image_features=image_features).float()
+
+
+def resolve_model_file(model: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``)."""
+    path = Path(model)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt", "model.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MissingInputError(path / "best.pt", "model file in the run folder")
+    if not path.exists():
+        raise MissingInputError(path, "model file")
+    return path
+
+
+class Segmenter:
+    """A trained network plus its scheduler and sampling settings.
+
+    Args:
+        model: the network (eval mode), on any device.
+        model_config: its configuration.
+        train_config: the training settings (for the noise schedule), as saved in the checkpoint.
+        device: where to run.
+        settings: sampling settings.
+        model_name: how reports name the model (the checkpoint path by default).
+    """
+
+    def __init__(self, model: torch.nn.Module, model_config: ModelConfig, train_config: dict[str, Any] | None, *,
+                 device: torch.device, settings: SamplerSettings | None = None, model_name: str = "") -> None:
+        self.model_name = model_name
+        self.model_config = model_config
+        self.train_config = train_config or {}
+        self.device = device
+        self.settings = settings or SamplerSettings()
+        self.dtype = torch.float32
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device).eval()
+            self.dtype = resolve_precision(self.settings.precision, device)
+            if self.dtype != torch.float32:
+                model = ReducedPrecisionNetwork(model, self.dtype)
+        self.model = model
+        schedule = make_schedule(self.train_config.get("schedule", "linear"),
+                                 num_train_timesteps=self.train_config.get("num_train_timesteps", 1000))
+        self.prediction_type = model_prediction_type(model_config)
+        self.scheduler = DDIMScheduler(schedule, prediction_type=self.prediction_type, eta=self.settings.eta)
+
+    @classmethod
+    def from_checkpoint(cls, model: str | Path, *, device: str = "auto", settings: SamplerSettings | None = None,
+                        quiet: bool = False) -> Segmenter:
+        path = resolve_model_file(model)
+        network, config, payload = load_model(path, map_location="cpu")  # a bad model file fails first
+        target = resolve_device(device, quiet=quiet)
+        return cls(network, config, payload.get("train_config"), device=target, settings=settings,
+                   model_name=str(path))
+
+    def describe(self) -> dict[str, Any]:
+        """Sampler settings as run (fusion and precision resolved), for reports."""
+        precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
+        return self.settings.to_dict() | {"fusion": self.fusion, "precision": precision}
+
+    @property
+    def fusion(self) -> str:
+        if self.settings.fusion is not None:
+            return self.settings.fusion
+        return "uncertainty" if self.model_config.variant == "diffunet2d" else "exp"
+
+    @torch.inference_mode()
+    def segment(self, images_u8: np.ndarray, *, reference_procedure: bool = False,
+                reference_steps: int = 50) -> SliceSegmentation:
+        """Segment ``(N, 320, 320)`` ``uint8`` slices (0..255, the cache's range).
+
+        With ``reference_procedure`` the authors' procedure runs instead (S chains of ``reference_steps``
+        steps one after another), for benchmarks.
+        """
+        images = np.asarray(images_u8)
+        if images.ndim == 2:
+            images = images[None]
+        settings = self.settings
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        parts: list[Any] = []
+        calls = 0
+        for start in range(0, len(images), settings.images_per_batch):
+            chunk = torch.from_numpy(to_network_range(images[start:start + settings.images_per_batch]))
+            chunk = chunk[:, None].to(self.device)
+            common = dict(scheduler=self.scheduler, num_samples=settings.num_samples,
+                          fuse_steps=settings.fuse_steps, generator=generator,
+                          prediction_type=self.prediction_type, fusion=self.fusion)
+            if reference_procedure:
+                result = sample_reference_procedure(self.model, chunk, num_steps=reference_steps, **common)
+            else:
+                result = sample_segmentation(self.model, chunk, num_steps=settings.num_steps, **common)
+            calls += result.num_network_calls
+            parts.append(result)
+
+        def stack(name: str, dtype=np.float32) -> np.ndarray:
+            return np.concatenate([getattr(r, name).float().cpu().numpy() for r in parts]).astype(dtype)
+
+        return SliceSegmentation(
+            probabilities=stack("probabilities"),
+            class_probabilities=stack("class_probabilities"),
+            labels=stack("labels", np.uint8),
+            uncertainty=stack("uncertainty"),
+            structure_uncertainty=stack("structure_uncertainty"),
+            variance=stack("variance"),
+            network_calls=calls,
+        )

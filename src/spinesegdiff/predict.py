@@ -1,0 +1,313 @@
+"""Segment a user's scan: read, preprocess, sample, put the result back on the scan's own grid, write outputs.
+
+:func:`segment` is the Python API the ``spinesegdiff predict`` command wraps::
+
+    from spinesegdiff import segment
+    result = segment("scan.nii.gz")             # the shipped model, central sagittal slice, CPU or GPU
+    result.labels                               # (z, y, x) uint8 on the scan's grid, 0 bg 1 SC 2 VB 3 IVD
+    result.uncertainty                          # (z, y, x) float32 in [0, 1]
+    write_outputs(result, "out/")               # scan_seg.nii.gz, scan_uncertainty.nii.gz, scan_overlay.png, scan.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spinesegdiff.errors import InputError
+from spinesegdiff.inference import SamplerSettings, Segmenter, SliceSegmentation
+from spinesegdiff.io import Geometry, image_stem, image_suffix, read_image, write_image
+from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
+from spinesegdiff.preprocess import (
+    PreparedScan,
+    native_slice,
+    prepare_scan,
+    restore_probabilities,
+    slices_to_volume,
+)
+
+MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
+"""A sagittal slice smaller than this cannot hold even two lumbar levels: refused."""
+OUTPUT_FORMATS: tuple[str, ...] = (".nii.gz", ".mha", ".nrrd", ".nii")
+
+
+@dataclass
+class ScanSegmentation:
+    """The segmentation of one scan.
+
+    Attributes:
+        source: the input path (``None`` for an in-memory array).
+        stem: output file stem (input name without extensions).
+        image: the input intensities ``(z, y, x)`` as read.
+        labels: ``(z, y, x)`` uint8 classes on the input grid; slices not segmented are 0.
+        uncertainty: ``(z, y, x)`` float32 entropy heatmap in [0, 1] on the input grid.
+        geometry: the input geometry (outputs are written with it).
+        prepared: the model-grid slices and the native <-> model mapping.
+        model_grid: the sampler's model-grid output for the segmented slices.
+        timings: seconds per stage.
+        settings: model and sampler description for the report.
+    """
+
+    source: Path | None
+    stem: str
+    image: np.ndarray
+    labels: np.ndarray
+    uncertainty: np.ndarray
+    geometry: Geometry
+    prepared: PreparedScan
+    model_grid: SliceSegmentation
+    timings: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def statistics(self) -> dict[str, Any]:
+        """Per structure: area (mm^2, central-slice mode) or volume (mm^3), mean and max uncertainty."""
+        spacing = self.geometry.spacing
+        voxel = float(np.prod(spacing))
+        sagittal = self.prepared.grid.ras_spacing[0]
+        single = len(self.prepared.indices) == 1
+        stats: dict[str, Any] = {}
+        for k, (name, abbreviation) in enumerate(zip(STRUCTURE_NAMES, STRUCTURE_ABBREVIATIONS, strict=True)):
+            inside = self.labels == k + 1
+            count = int(inside.sum())
+            entry: dict[str, Any] = {"name": name, "pixels": count}
+            if single:
+                entry["area_mm2"] = round(count * voxel / sagittal, 2)
+            else:
+                entry["volume_mm3"] = round(count * voxel, 2)
+            values = self.uncertainty[inside]
+            entry["uncertainty_mean"] = round(float(values.mean()), 4) if count else None
+            entry["uncertainty_max"] = round(float(values.max()), 4) if count else None
+            stats[abbreviation] = entry
+        grid = self.prepared.grid
+        planes = np.ones((len(self.prepared.indices), grid.rows.native_size, grid.cols.native_size), dtype=bool)
+        covered = slices_to_volume(planes, self.prepared.indices, grid)
+        stats["overall_uncertainty_mean"] = round(float(self.uncertainty[covered].mean()), 4)
+        return stats
+
+
+def check_field_of_view(prepared: PreparedScan, source: str | Path | None) -> None:
+    """Refuse slices too small to hold a lumbar spine (see :data:`MIN_FIELD_OF_VIEW_MM`)."""
+    extents = {"superior-inferior": prepared.grid.rows.field_of_view_mm,
+               "anterior-posterior": prepared.grid.cols.field_of_view_mm}
+    for axis, extent in extents.items():
+        if extent < MIN_FIELD_OF_VIEW_MM[axis]:
+            raise InputError(source, f"image is too small to hold a lumbar spine ({extent:.0f} mm {axis}, "
+                                     f"at least {MIN_FIELD_OF_VIEW_MM[axis]:.0f} mm needed)")
+
+
+@dataclass
+class LoadedScan:
+    """A scan read, checked and preprocessed, ready for a :class:`Segmenter` (see :func:`load_scan`)."""
+
+    source: Path | None
+    stem: str
+    image: np.ndarray
+    geometry: Geometry
+    prepared: PreparedScan
+    timings: dict[str, float]
+
+
+def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool = False) -> LoadedScan:
+    """Read and preprocess a scan, refusing what the model cannot segment.
+
+    Args:
+        image: a path (.mha, .nii(.gz), .nrrd, DICOM folder) or ``(array_zyx, geometry)``.
+        volume: every sagittal slice instead of the central one.
+
+    Raises:
+        MissingInputError, InputError: unreadable, non-3D, axial/coronal, too small, NaN or constant input.
+    """
+    started = time.perf_counter()
+    if isinstance(image, tuple):
+        array, geometry = image
+        source, stem = None, "scan"
+    else:
+        source = Path(image)
+        array, geometry = read_image(source)
+        stem = image_stem(source)
+    read_seconds = time.perf_counter() - started
+    mark = time.perf_counter()
+    prepared = prepare_scan(array, geometry, slices="all" if volume else "central", source=source)
+    check_field_of_view(prepared, source)
+    timings = {"read_s": read_seconds, "preprocess_s": time.perf_counter() - mark}
+    return LoadedScan(source=source, stem=stem, image=array, geometry=geometry, prepared=prepared, timings=timings)
+
+
+def segment_loaded(scan: LoadedScan, segmenter: Segmenter) -> ScanSegmentation:
+    """Sample the model-grid slices of a loaded scan and put the result back on its own grid."""
+    timings = dict(scan.timings)
+    mark = time.perf_counter()
+    result = segmenter.segment(scan.prepared.images)
+    timings["sample_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    prepared, grid = scan.prepared, scan.prepared.grid
+    labels_2d = np.stack([restore_probabilities(p, grid).argmax(axis=0).astype(np.uint8)
+                          for p in result.class_probabilities])
+    uncertainty_2d = np.stack(
+        [restore_probabilities(u[None], grid, background_channel=None)[0] for u in result.uncertainty]
+    ).astype(np.float32)
+    labels = slices_to_volume(labels_2d, prepared.indices, grid)
+    uncertainty = slices_to_volume(uncertainty_2d, prepared.indices, grid)
+    timings["restore_s"] = time.perf_counter() - mark
+    timings["slices"] = len(prepared.indices)
+    described = {
+        "model": segmenter.model_name,
+        "variant": segmenter.model_config.variant,
+        "device": str(segmenter.device),
+        "mode": "central slice" if len(prepared.indices) == 1 and prepared.indices[0] == grid.central_index
+        else "volume",
+        "sampler": segmenter.describe(),
+    }
+    return ScanSegmentation(source=scan.source, stem=scan.stem, image=scan.image, labels=labels,
+                            uncertainty=uncertainty, geometry=scan.geometry, prepared=prepared, model_grid=result,
+                            timings=timings, settings=described)
+
+
+def segment(
+    image: str | Path | tuple[np.ndarray, Geometry],
+    *,
+    model: str | Path | None = None,
+    device: str = "auto",
+    settings: SamplerSettings | None = None,
+    volume: bool = False,
+    segmenter: Segmenter | None = None,
+    quiet: bool = False,
+) -> ScanSegmentation:
+    """Segment one scan: :func:`load_scan`, then :func:`segment_loaded`.
+
+    Args:
+        image: a path (.mha, .nii(.gz), .nrrd, DICOM folder) or ``(array_zyx, geometry)``.
+        model: checkpoint file or run folder; ``None`` = the shipped model.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        settings: sampler settings (S = 15 samples, K = Ts = 10 steps by default).
+        volume: segment every sagittal slice instead of the central one.
+        segmenter: a ready :class:`Segmenter` (``model``, ``device`` and ``settings`` are then ignored).
+        quiet: do not say so when ``auto`` falls back to the CPU.
+
+    Raises:
+        MissingInputError, InputError: unreadable, non-3D, axial/coronal, too small, NaN or constant input,
+            or a model file that is not ours.
+    """
+    scan = load_scan(image, volume=volume)
+    if segmenter is None:
+        from spinesegdiff.assets import default_model_path
+
+        mark = time.perf_counter()
+        segmenter = Segmenter.from_checkpoint(model or default_model_path(), device=device, settings=settings,
+                                              quiet=quiet)
+        scan.timings["load_model_s"] = time.perf_counter() - mark
+    return segment_loaded(scan, segmenter)
+
+
+def output_suffix(source: Path | None, requested: str | None) -> str:
+    """Output format: as requested, else the input's own, NIfTI for DICOM folders and arrays."""
+    if requested:
+        suffix = requested if requested.startswith(".") else f".{requested}"
+        if suffix not in OUTPUT_FORMATS:
+            raise InputError(None, f"output format {requested!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        return suffix
+    suffix = image_suffix(source) if source is not None else ""
+    return {"": ".nii.gz", ".mhd": ".mha", ".nhdr": ".nrrd"}.get(suffix, suffix)
+
+
+def render_overlay(result: ScanSegmentation, path: Path) -> None:
+    """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    grid = result.prepared.grid
+    index = result.prepared.indices[len(result.prepared.indices) // 2]
+    picture = native_slice(result.image, grid, index).astype(np.float32)
+    labels = native_slice(result.labels, grid, index)
+    heat = native_slice(result.uncertainty, grid, index)
+    aspect = grid.rows.native_spacing / grid.cols.native_spacing
+    high = np.percentile(picture, 99.5) or 1.0
+    colours = ["#00000000", "#f6c445", "#4fa3e0", "#e8575a"]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 6.2), dpi=100)
+    for axis in axes:
+        axis.imshow(picture, cmap="gray", vmin=0, vmax=high, aspect=aspect)
+        axis.set_axis_off()
+    masked = np.ma.masked_equal(labels, 0)
+    axes[0].imshow(masked, cmap=ListedColormap(colours[1:]), vmin=1, vmax=3, alpha=0.45, aspect=aspect,
+                   interpolation="nearest")
+    axes[0].set_title("segmentation")
+    shown = axes[1].imshow(heat, cmap="magma", vmin=0, vmax=1, alpha=0.75, aspect=aspect)
+    axes[1].set_title("uncertainty (normalised entropy)")
+    figure.colorbar(shown, ax=axes[1], fraction=0.04)
+    handles = [Patch(color=colours[k + 1], label=name) for k, name in enumerate(STRUCTURE_NAMES)]
+    axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.8)
+    figure.suptitle(f"{result.stem}: sagittal slice {index} ({result.settings['mode']})", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
+def _atomic_write_bytes(path: Path, writer) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        writer(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_format: str | None = None,
+                  ) -> dict[str, Path]:
+    """Write ``<stem>_seg``, ``<stem>_uncertainty``, ``<stem>_overlay.png`` and ``<stem>.json``.
+
+    Every file is written under a temporary name and renamed; if any write fails, the files of this scan that
+    were already renamed are removed again, so a scan gets all four outputs or none.
+    """
+    out_dir = Path(out_dir)
+    suffix = output_suffix(result.source, output_format)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(out_dir, f"cannot create the output folder ({err.strerror or err})") from err
+    paths = {
+        "segmentation": out_dir / f"{result.stem}_seg{suffix}",
+        "uncertainty": out_dir / f"{result.stem}_uncertainty{suffix}",
+        "overlay": out_dir / f"{result.stem}_overlay.png",
+        "report": out_dir / f"{result.stem}.json",
+    }
+    done: list[Path] = []
+    try:
+        mark = time.perf_counter()
+        write_image(paths["segmentation"], result.labels, result.geometry)
+        done.append(paths["segmentation"])
+        write_image(paths["uncertainty"], result.uncertainty, result.geometry)
+        done.append(paths["uncertainty"])
+        _atomic_write_bytes(paths["overlay"], lambda p: render_overlay(result, p))
+        done.append(paths["overlay"])
+        result.timings["write_s"] = time.perf_counter() - mark
+        report = {
+            "input": None if result.source is None else str(result.source),
+            "outputs": {k: v.name for k, v in paths.items()},
+            **result.settings,
+            "sagittal_slices": result.prepared.indices,
+            "acquisition_plane": result.prepared.grid.plane,
+            "structures": result.statistics(),
+            "timings_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.timings.items()},
+            "citation": "SPIDER: van der Graaf et al., Scientific Data 11:264 (2024), CC BY 4.0",
+        }
+        _atomic_write_bytes(paths["report"], lambda p: p.write_text(json.dumps(report, indent=2)))
+    except BaseException as err:
+        for path in done:
+            path.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise InputError(err.filename or out_dir, f"cannot write output ({err.strerror or err})") from err
+        raise
+    return paths
