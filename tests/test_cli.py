@@ -18,7 +18,11 @@ from spinesegdiff.io import Geometry, read_image, write_image
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "spinesegdiff", *args], capture_output=True, encoding="utf-8", errors="replace", timeout=120
+        [sys.executable, "-m", "spinesegdiff", *args],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
     )
 
 

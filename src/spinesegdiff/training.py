@@ -285,7 +285,11 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
         raise InputError(out, "has no last.pt to resume from")
     out.mkdir(parents=True, exist_ok=True)
 
+    if world > 1 and not is_main:
+        torch.distributed.barrier()  # rank 0 builds the cache first (from a SPIDER folder)
     cache = open_data(config, quiet=not (progress and is_main))
+    if world > 1 and is_main:
+        torch.distributed.barrier()
     data = fold_data(config, cache)
     if not data.train:
         raise InputError(config.data, "no training slices for this fold")
@@ -295,7 +299,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
             {"train": config.to_dict(), "model": model_config.to_dict()}, indent=2, default=str))
         save_split(data.split, out / "splits_final.json")
 
-    torch.manual_seed(config.seed + rank)
+    torch.manual_seed(config.seed)  # same initial weights on every rank; batches differ by rank below
     net = build_model(model_config).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
