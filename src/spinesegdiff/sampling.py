@@ -337,6 +337,24 @@ def _encode(net: DenoisingNetwork, image: torch.Tensor) -> list[torch.Tensor] | 
     return net.encode_image(image) if getattr(net, "has_image_encoder", False) else None  # type: ignore[attr-defined]
 
 
+def _denoise_step(
+    net: DenoisingNetwork,
+    x: torch.Tensor,
+    timestep: int,
+    *,
+    image: torch.Tensor,
+    features: list[torch.Tensor] | None,
+    scheduler: DDIMScheduler,
+    prediction_type: str,
+    generator: torch.Generator | None,
+):
+    """One network call and one DDIM step for every row of ``x`` at ``timestep``."""
+    t = torch.full((x.shape[0],), timestep, dtype=torch.int64, device=x.device)
+    output = net(x, t, image=image, image_features=features)
+    model_output = logits_to_x0(output) if prediction_type == "sample" else output
+    return scheduler.step(model_output, timestep, x, generator=generator)
+
+
 @torch.no_grad()
 def sample_segmentation(
     net: DenoisingNetwork,
@@ -408,10 +426,8 @@ def sample_segmentation(
     step_means = []
     probs = x
     for index, timestep in enumerate(timesteps):
-        t = torch.full((samples,), timestep, dtype=torch.int64, device=image.device)
-        output = net(x, t, image=images, image_features=features)
-        model_output = logits_to_x0(output) if prediction_type == "sample" else output
-        step = scheduler.step(model_output, timestep, x, generator=generator)
+        step = _denoise_step(net, x, timestep, image=images, features=features, scheduler=scheduler,
+                             prediction_type=prediction_type, generator=generator)
         x = step.prev_sample
         if index >= first_fused:
             probs = x0_to_probabilities(step.pred_original_sample).view(batch, num_samples, *shape[1:])
@@ -479,11 +495,9 @@ def sample_reference_procedure(
         encoder_calls += int(features is not None)
         x = _starting_sample(noise[:, chain], start_mask, timesteps[0], scheduler, 1)
         for index, timestep in enumerate(timesteps):
-            t = torch.full((batch,), timestep, dtype=torch.int64, device=image.device)
-            output = net(x, t, image=image, image_features=features)
+            step = _denoise_step(net, x, timestep, image=image, features=features, scheduler=scheduler,
+                                 prediction_type=prediction_type, generator=generator)
             network_calls += 1
-            model_output = logits_to_x0(output) if prediction_type == "sample" else output
-            step = scheduler.step(model_output, timestep, x, generator=generator)
             x = step.prev_sample
             if index >= first_fused:
                 probs = x0_to_probabilities(step.pred_original_sample)
