@@ -195,7 +195,6 @@ def _scan_inputs(path: Path) -> list[Path]:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from spinesegdiff.assets import default_model_path
     from spinesegdiff.errors import SpineSegDiffError
     from spinesegdiff.inference import Segmenter
     from spinesegdiff.predict import load_scan, output_suffix, segment_loaded, write_outputs
@@ -215,10 +214,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             say(f"spinesegdiff: error: {err}", file=sys.stderr)
             continue
         if segmenter is None:  # loaded after the first good scan, so a bad input is reported first
-            segmenter = Segmenter.from_checkpoint(args.model or default_model_path(), device=args.device,
-                                                  settings=settings, quiet=args.quiet)
-            if args.model is None:
-                segmenter.model_name = "shipped: " + default_model_path().name
+            segmenter = Segmenter.from_checkpoint(args.model, device=args.device, settings=settings,
+                                                  quiet=args.quiet)
         try:
             result = segment_loaded(loaded, segmenter)
             paths = write_outputs(result, args.output, output_format=args.format)
@@ -240,14 +237,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from spinesegdiff.assets import default_model_path, sample_scan_path
+    from spinesegdiff.assets import sample_scan_path
     from spinesegdiff.inference import Segmenter
     from spinesegdiff.predict import segment, write_outputs
 
     started = time.perf_counter()
-    segmenter = Segmenter.from_checkpoint(default_model_path(), device=args.device, settings=_sampler_settings(args),
-                                          quiet=True)
-    segmenter.model_name = "shipped: " + default_model_path().name
+    segmenter = Segmenter.from_checkpoint(None, device=args.device, settings=_sampler_settings(args), quiet=True)
     result = segment(sample_scan_path(), segmenter=segmenter)
     paths = write_outputs(result, args.output)
     stats = result.statistics()

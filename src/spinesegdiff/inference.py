@@ -160,13 +160,20 @@ class Segmenter:
         self.scheduler = DDIMScheduler(schedule, prediction_type=self.prediction_type, eta=self.settings.eta)
 
     @classmethod
-    def from_checkpoint(cls, model: str | Path, *, device: str = "auto", settings: SamplerSettings | None = None,
-                        quiet: bool = False) -> Segmenter:
-        path = resolve_model_file(model)
+    def from_checkpoint(cls, model: str | Path | None = None, *, device: str = "auto",
+                        settings: SamplerSettings | None = None, quiet: bool = False) -> Segmenter:
+        """Load a checkpoint file or run folder; ``None`` loads the model shipped with the package."""
+        if model is None:
+            from spinesegdiff.assets import default_model_path
+
+            path, name = default_model_path(), f"shipped: {default_model_path().name}"
+        else:
+            path = resolve_model_file(model)
+            name = str(path)
         network, config, payload = load_model(path, map_location="cpu")  # a bad model file fails first
         target = resolve_device(device, quiet=quiet)
         return cls(network, config, payload.get("train_config"), device=target, settings=settings,
-                   model_name=str(path))
+                   model_name=name)
 
     def describe(self) -> dict[str, Any]:
         """Sampler settings as run (fusion and precision resolved), for reports."""

@@ -197,11 +197,8 @@ def segment(
     """
     scan = load_scan(image, volume=volume)
     if segmenter is None:
-        from spinesegdiff.assets import default_model_path
-
         mark = time.perf_counter()
-        segmenter = Segmenter.from_checkpoint(model or default_model_path(), device=device, settings=settings,
-                                              quiet=quiet)
+        segmenter = Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet)
         scan.timings["load_model_s"] = time.perf_counter() - mark
     return segment_loaded(scan, segmenter)
 
