@@ -20,6 +20,12 @@ SPIDER_METADATA = SHARED_DATA / "spider-metadata"
 TPTBOX = SHARED_DATA / "tptbox-sample"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Converted OpenVINO graphs go to a temporary folder, not the user's ~/.cache."""
+    os.environ["SPINESEGDIFF_CACHE"] = str(tmp_path_factory.mktemp("spinesegdiff-cache"))
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set SPINESEGDIFF_SHARED_DATA to the shared/data folder)")

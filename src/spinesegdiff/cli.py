@@ -128,6 +128,8 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="network arithmetic (default auto: bfloat16 where the hardware runs it natively)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="denoiser runtime (default auto: OpenVINO on a CPU where it is installed)")
 
 
 def _sampler_settings(args: argparse.Namespace):
@@ -136,7 +138,7 @@ def _sampler_settings(args: argparse.Namespace):
 
     try:
         return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
-                               seed=args.seed, precision=args.precision)
+                               seed=args.seed, precision=args.precision, backend=args.backend)
     except ValueError as err:
         raise SpineSegDiffError(f"invalid sampler settings: {err}") from err
 
@@ -164,7 +166,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     data = args.data if args.data is not None and args.data.exists() else None
     rows = run_benchmark(args.model, data_dir=data, samples=args.samples, steps=args.steps,
                          fuse_steps=args.fuse_steps, threads=args.threads, onnx=not args.no_onnx,
-                         precision=args.precision)
+                         precision=args.precision, backend=args.backend)
     print(f"{rows[0]['slice']}; {rows[0]['machine']}; torch {rows[0]['torch']}")
     print("| procedure | s / slice | network calls | speed-up vs (a) | label Dice vs (b32) |")
     print("|---|---|---|---|---|")

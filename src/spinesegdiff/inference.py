@@ -19,13 +19,15 @@ import torch
 from spinesegdiff.checkpoint import load_model
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion import DDIMScheduler, make_schedule
-from spinesegdiff.errors import MissingInputError
+from spinesegdiff.errors import MissingInputError, SpineSegDiffError
 from spinesegdiff.models import ModelConfig, model_prediction_type
 from spinesegdiff.preprocess import to_network_range
 from spinesegdiff.sampling import sample_reference_procedure, sample_segmentation
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+Backend = Literal["auto", "torch", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +37,8 @@ class SamplerSettings:
     ``fusion`` ``None`` picks the variant's own (Diff-UNet 2D: uncertainty-weighted; others: exponential).
     ``precision`` is the network's arithmetic: ``auto`` takes bfloat16 where the hardware runs it fast (CPUs
     with AVX512-BF16 or AMX, CUDA GPUs with bf16) and float32 elsewhere; the sampler's own arithmetic (DDIM
-    updates, fusion, entropy) stays float32 either way.
+    updates, fusion, entropy) stays float32 either way. ``backend`` runs the denoiser in PyTorch or OpenVINO;
+    ``auto`` takes OpenVINO on a CPU where it is installed (about 1.8x faster per pass there), else PyTorch.
     """
 
     num_samples: int = 15
@@ -46,10 +49,13 @@ class SamplerSettings:
     seed: int = 0
     images_per_batch: int = 1
     precision: Precision = "auto"
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.num_samples < 1 or self.num_steps < 1 or self.images_per_batch < 1:
             raise ValueError("num_samples, num_steps and images_per_batch must be positive")
         if not 1 <= self.fuse_steps <= self.num_steps:
@@ -97,6 +103,20 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
         return torch.bfloat16 if fast_bfloat16_available(device) else torch.float32
     return torch.bfloat16 if choice == "bf16" else torch.float32
+
+
+def resolve_backend(choice: str, device: torch.device) -> str:
+    """``torch`` / ``openvino`` as asked; ``auto`` -> OpenVINO on a CPU where it is installed, else PyTorch."""
+    from spinesegdiff.openvino_backend import openvino_available
+
+    if choice == "auto":
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    if choice == "openvino":
+        if device.type != "cpu":
+            raise SpineSegDiffError(f"the OpenVINO backend runs on the CPU only, not on {device.type}")
+        if not openvino_available():
+            raise SpineSegDiffError("the OpenVINO backend is not installed here: pip install openvino")
+    return choice
 
 
 class ReducedPrecisionNetwork:
@@ -148,10 +168,16 @@ class Segmenter:
         self.device = device
         self.settings = settings or SamplerSettings()
         self.dtype = torch.float32
+        self.backend = "external"  # a ready denoiser object (ONNX Runtime, a test double) runs as given
         if isinstance(model, torch.nn.Module):
             model = model.to(device).eval()
             self.dtype = resolve_precision(self.settings.precision, device)
-            if self.dtype != torch.float32:
+            self.backend = resolve_backend(self.settings.backend, device)
+            if self.backend == "openvino":
+                from spinesegdiff.openvino_backend import OpenVinoDenoiser
+
+                model = OpenVinoDenoiser(model, dtype=self.dtype, threads=torch.get_num_threads())
+            elif self.dtype != torch.float32:
                 model = ReducedPrecisionNetwork(model, self.dtype)
         self.model = model
         schedule = make_schedule(self.train_config.get("schedule", "linear"),
@@ -178,7 +204,7 @@ class Segmenter:
     def describe(self) -> dict[str, Any]:
         """Sampler settings as run (fusion and precision resolved), for reports."""
         precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
-        return self.settings.to_dict() | {"fusion": self.fusion, "precision": precision}
+        return self.settings.to_dict() | {"fusion": self.fusion, "precision": precision, "backend": self.backend}
 
     @property
     def fusion(self) -> str:

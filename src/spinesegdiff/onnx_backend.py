@@ -14,6 +14,13 @@ import warnings
 import numpy as np
 import torch
 
+from spinesegdiff.export_wrappers import (
+    DenoiserWithFeatures,
+    ImageEncoderOutputs,
+    example_denoiser_inputs,
+    repeat_inputs_to_batch,
+)
+
 
 def onnx_runtime_available() -> bool:
     try:
@@ -22,26 +29,6 @@ def onnx_runtime_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-class _DenoiserWithFeatures(torch.nn.Module):
-    """Export wrapper: features as separate positional inputs (ONNX has no list inputs)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor, *features: torch.Tensor):
-        return self.net(x_t, t, image=image, image_features=list(features) if features else None)
-
-
-class _Encoder(torch.nn.Module):
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, image: torch.Tensor):
-        return tuple(self.net.encode_image(image))
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -72,25 +59,17 @@ class OnnxDenoiser:
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        image = torch.zeros(1, net.config.image_channels, size, size)
-        x_t = torch.zeros(2, net.config.mask_channels, size, size)
-        t = torch.zeros(2, dtype=torch.int64)
-        features: tuple[torch.Tensor, ...] = ()
+        # exported at equal batches: a call repeats image and features to the sample batch N first
+        example = example_denoiser_inputs(net, size)
+        self._num_features = len(example) - 3
+        feature_names = [f"feature{i}" for i in range(self._num_features)]
         if self.has_image_encoder:
-            with torch.no_grad():
-                features = tuple(net.encode_image(image))
-            names = [f"feature{i}" for i in range(len(features))]
-            encoder = _export(_Encoder(net), (image,), ["image"], names, {"image": {0: "batch"}}
-                              | {n: {0: "batch"} for n in names})
+            encoder = _export(ImageEncoderOutputs(net), (example[2][:1],), ["image"], feature_names,
+                              {"image": {0: "batch"}} | {n: {0: "batch"} for n in feature_names})
             self._encoder = ort.InferenceSession(encoder, options, providers=["CPUExecutionProvider"])
-        self._num_features = len(features)
-        feature_names = [f"feature{i}" for i in range(len(features))]
-        dynamic = {"x_t": {0: "n"}, "t": {0: "n"}, "image": {0: "n"}, "logits": {0: "n"}}
-        dynamic |= {n: {0: "n"} for n in feature_names}
-        # exported at equal batches: the call repeats image and features to the sample batch N first
-        features = tuple(f.expand(2, *f.shape[1:]).contiguous() for f in features)
-        denoiser = _export(_DenoiserWithFeatures(net), (x_t, t, image.expand(2, -1, -1, -1).contiguous(), *features),
-                           ["x_t", "t", "image", *feature_names], ["logits"], dynamic)
+        self._input_names = ["x_t", "t", "image", *feature_names]
+        dynamic = {name: {0: "n"} for name in [*self._input_names, "logits"]}
+        denoiser = _export(DenoiserWithFeatures(net), example, self._input_names, ["logits"], dynamic)
         self._denoiser = ort.InferenceSession(denoiser, options, providers=["CPUExecutionProvider"])
 
     def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -99,17 +78,9 @@ class OnnxDenoiser:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, *, image: torch.Tensor,
                  image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
-        batch = x_t.shape[0]
-        if image.shape[0] != batch:
-            image = image.repeat_interleave(batch // image.shape[0], dim=0)
-        if not torch.is_tensor(t) or t.ndim == 0:
-            t = torch.full((batch,), int(t), dtype=torch.int64)
-        feeds = {"x_t": x_t.cpu().numpy().astype(np.float32), "t": t.cpu().numpy().astype(np.int64),
-                 "image": image.cpu().numpy().astype(np.float32)}
-        if self._num_features:
-            if image_features is None:
-                image_features = self.encode_image(image)
-            image_features = [f.repeat_interleave(batch // f.shape[0], dim=0) if f.shape[0] != batch else f
-                              for f in image_features]
-            feeds |= {f"feature{i}": f.cpu().numpy().astype(np.float32) for i, f in enumerate(image_features)}
+        if self._num_features and image_features is None:
+            image_features = self.encode_image(image)
+        inputs = repeat_inputs_to_batch(x_t, t, image, image_features if self._num_features else None)
+        feeds = {name: tensor.cpu().numpy() for name, tensor in zip(self._input_names, inputs, strict=True)}
+        feeds = {name: array if name == "t" else array.astype(np.float32) for name, array in feeds.items()}
         return torch.from_numpy(self._denoiser.run(["logits"], feeds)[0])
