@@ -92,3 +92,16 @@ def export_weights(checkpoint_path: str | Path, out_path: str | Path, *, half: b
         **(extra or {}),
     }
     return save_checkpoint(out_path, slim)
+
+
+def resolve_model_file(model: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``)."""
+    path = Path(model)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt", "model.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MissingInputError(path / "best.pt", "model file in the run folder")
+    if not path.exists():
+        raise MissingInputError(path, "model file")
+    return path

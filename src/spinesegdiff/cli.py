@@ -89,7 +89,8 @@ _TRAIN_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule",
     "val_every": "val_every", "seed": "seed", "device": "device", "max_minutes": "max_minutes",
     "threads": "threads", "schedule": "schedule", "warmup_steps": "warmup_steps", "ema_decay": "ema_decay",
-    "val_fraction": "val_fraction",
+    "val_fraction": "val_fraction", "init_from": "init_from", "preseg_max_timestep": "preseg_max_timestep",
+    "preseg_focus_timestep": "preseg_focus_timestep", "preseg_focus_share": "preseg_focus_share",
 }
 
 
@@ -105,6 +106,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         settings["fold"] = -1
     elif "fold" in settings:
         settings["fold"] = int(settings["fold"])
+    if args.holdout_patients:
+        settings["holdout_patients"] = [p.strip() for p in args.holdout_patients.split(",") if p.strip()]
+    if args.preseg_model:
+        settings["preseg_models"] = [str(p) for p in args.preseg_model]
     if args.no_augment:
         settings["augment"] = {"enabled": False}
     if args.no_amp:
@@ -328,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", choices=DEVICE_CHOICES)
     tr.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     tr.add_argument("--max-minutes", type=float, help="stop (validate and save) after this much wall time")
+    tr.add_argument("--holdout-patients", help="comma-separated patients also left out (cross-fitted U-Nets)")
+    tr.add_argument("--init-from", help="start from this checkpoint's EMA weights (fine-tuning)")
+    tr.add_argument("--preseg-model", action="append", type=Path,
+                    help="built-in U-Net run for presegmentation refinement training (repeat: cross-fitted "
+                         "U-Nets; each slice is presegmented by one that never saw its patient)")
+    tr.add_argument("--preseg-max-timestep", type=int, help="largest T_pre trained (default 1000 - 1)")
+    tr.add_argument("--preseg-focus-timestep", type=int, help="T_pre trained most (default 30)")
+    tr.add_argument("--preseg-focus-share", type=float, help="share of steps drawn in [0, focus] (default 0.5)")
     tr.add_argument("--no-augment", action="store_true")
     tr.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on CUDA")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spinesegdiff.inference import SamplerSettings, Segmenter, resolve_model_file
+from spinesegdiff.checkpoint import resolve_model_file
+from spinesegdiff.inference import SamplerSettings, Segmenter
 from spinesegdiff.io import read_image
 from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS, to_classes
 from spinesegdiff.metrics import dice_per_class

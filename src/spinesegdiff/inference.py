@@ -16,16 +16,23 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from spinesegdiff.checkpoint import load_model
+from spinesegdiff.checkpoint import load_model, resolve_model_file
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion import DDIMScheduler, make_schedule
-from spinesegdiff.errors import MissingInputError, SpineSegDiffError
-from spinesegdiff.models import ModelConfig, model_prediction_type
+from spinesegdiff.errors import InputError, SpineSegDiffError
+from spinesegdiff.models import ModelConfig, is_diffusion_model, model_prediction_type
 from spinesegdiff.preprocess import to_network_range
-from spinesegdiff.sampling import sample_reference_procedure, sample_segmentation
+from spinesegdiff.presegment import Presegmenter
+from spinesegdiff.sampling import (
+    normalised_entropy,
+    sample_reference_procedure,
+    sample_segmentation,
+    structure_entropy,
+)
 
 Precision = Literal["auto", "fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+DEFAULT_PRESEG_STEPS = 30
 Backend = Literal["auto", "torch", "openvino"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 
@@ -39,6 +46,10 @@ class SamplerSettings:
     with AVX512-BF16 or AMX, CUDA GPUs with bf16) and float32 elsewhere; the sampler's own arithmetic (DDIM
     updates, fusion, entropy) stays float32 either way. ``backend`` runs the denoiser in PyTorch or OpenVINO;
     ``auto`` takes OpenVINO on a CPU where it is installed (about 1.8x faster per pass there), else PyTorch.
+
+    ``preseg_steps`` (``T_pre``, with a presegmenter): the presegmentation is noised to ``T_pre`` and refined
+    from there in :meth:`refine_steps` DDIM steps (one per 10 noise steps, at most ``num_steps``: 3 at
+    ``T_pre = 30``); ``T_pre = 0`` returns the presegmenter's own mask.
     """
 
     num_samples: int = 15
@@ -50,8 +61,11 @@ class SamplerSettings:
     images_per_batch: int = 1
     precision: Precision = "auto"
     backend: Backend = "auto"
+    preseg_steps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.preseg_steps is not None and not 0 <= self.preseg_steps < 1000:
+            raise ValueError(f"preseg_steps (T_pre) must lie in 0..999, got {self.preseg_steps}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend not in BACKENDS:
@@ -63,6 +77,12 @@ class SamplerSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def refine_steps(self) -> int:
+        """DDIM steps of a refinement from ``T_pre``: ``ceil(T_pre / 10)``, between 1 and ``num_steps``."""
+        if not self.preseg_steps:
+            return 0
+        return max(1, min(self.num_steps, -(-self.preseg_steps // 10)))
 
 
 @dataclass(frozen=True)
@@ -135,17 +155,22 @@ class ReducedPrecisionNetwork:
         return self.net(x_t.to(self.dtype), t, image=image.to(self.dtype), image_features=image_features).float()
 
 
-def resolve_model_file(model: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its ``best.pt``, else ``last.pt``)."""
-    path = Path(model)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt", "model.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise MissingInputError(path / "best.pt", "model file in the run folder")
-    if not path.exists():
-        raise MissingInputError(path, "model file")
-    return path
+def presegmenter_result(class_probabilities: np.ndarray) -> SliceSegmentation:
+    """A presegmenter's ``(N, 4, H, W)`` class probabilities as a :class:`SliceSegmentation` (``T_pre = 0``).
+
+    The uncertainty is the normalised entropy of its class probabilities (a single prediction: no fusion).
+    """
+    probs = torch.from_numpy(np.asarray(class_probabilities, dtype=np.float32))
+    structures = probs[:, 1:]
+    return SliceSegmentation(
+        probabilities=structures.numpy().copy(),
+        class_probabilities=probs.numpy().copy(),
+        labels=probs.argmax(dim=1).numpy().astype(np.uint8),
+        uncertainty=normalised_entropy(probs).numpy(),
+        structure_uncertainty=structure_entropy(structures).numpy(),
+        variance=np.zeros_like(structures.numpy()),
+        network_calls=0,
+    )
 
 
 class Segmenter:
@@ -158,15 +183,24 @@ class Segmenter:
         device: where to run.
         settings: sampling settings.
         model_name: how reports name the model (the checkpoint path by default).
+        presegmenter: a :class:`~spinesegdiff.presegment.Presegmenter` whose mask is refined from
+            ``settings.preseg_steps`` (default 30 when a presegmenter is given).
     """
 
     def __init__(self, model: torch.nn.Module, model_config: ModelConfig, train_config: dict[str, Any] | None, *,
-                 device: torch.device, settings: SamplerSettings | None = None, model_name: str = "") -> None:
+                 device: torch.device, settings: SamplerSettings | None = None, model_name: str = "",
+                 presegmenter: Presegmenter | None = None) -> None:
+        settings = settings or SamplerSettings()
+        if presegmenter is not None and settings.preseg_steps is None:
+            settings = dataclasses.replace(settings, preseg_steps=DEFAULT_PRESEG_STEPS)
+        if presegmenter is None and settings.preseg_steps is not None:
+            raise SpineSegDiffError("preseg_steps needs a presegmenter (--preseg unet or nnunet)")
+        self.presegmenter = presegmenter
         self.model_name = model_name
         self.model_config = model_config
         self.train_config = train_config or {}
         self.device = device
-        self.settings = settings or SamplerSettings()
+        self.settings = settings
         self.dtype = torch.float32
         self.backend = "external"  # a ready denoiser object (ONNX Runtime, a test double) runs as given
         if isinstance(model, torch.nn.Module):
@@ -187,7 +221,8 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | None = None, *, device: str = "auto",
-                        settings: SamplerSettings | None = None, quiet: bool = False) -> Segmenter:
+                        settings: SamplerSettings | None = None, quiet: bool = False,
+                        presegmenter: Presegmenter | None = None) -> Segmenter:
         """Load a checkpoint file or run folder; ``None`` loads the model shipped with the package."""
         if model is None:
             from spinesegdiff.assets import default_model_path
@@ -198,13 +233,20 @@ class Segmenter:
             name = str(path)
         network, config, payload = load_model(path, map_location="cpu")  # a bad model file fails first
         target = resolve_device(device, quiet=quiet)
+        if not is_diffusion_model(config):
+            raise InputError(path, "is a segmentation U-Net: pass it as the presegmenter (--preseg-model), and "
+                                   "a diffusion model as --model")
         return cls(network, config, payload.get("train_config"), device=target, settings=settings,
-                   model_name=name)
+                   model_name=name, presegmenter=presegmenter)
 
     def describe(self) -> dict[str, Any]:
         """Sampler settings as run (fusion and precision resolved), for reports."""
         precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
-        return self.settings.to_dict() | {"fusion": self.fusion, "precision": precision, "backend": self.backend}
+        described = self.settings.to_dict() | {"fusion": self.fusion, "precision": precision,
+                                               "backend": self.backend}
+        if self.presegmenter is not None:
+            described |= {"presegmenter": self.presegmenter.name, "refine_steps": self.settings.refine_steps()}
+        return described
 
     @property
     def fusion(self) -> str:
@@ -225,16 +267,27 @@ class Segmenter:
             images = images[None]
         settings = self.settings
         generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        presegmentation = None
+        if self.presegmenter is not None and not reference_procedure:
+            presegmentation = np.asarray(self.presegmenter(images), dtype=np.float32)
+            if settings.preseg_steps == 0:
+                return presegmenter_result(presegmentation)
         parts: list[Any] = []
         calls = 0
         for start in range(0, len(images), settings.images_per_batch):
-            chunk = torch.from_numpy(to_network_range(images[start:start + settings.images_per_batch]))
-            chunk = chunk[:, None].to(self.device)
+            stop = start + settings.images_per_batch
+            chunk = torch.from_numpy(to_network_range(images[start:stop]))[:, None].to(self.device)
             common = dict(scheduler=self.scheduler, num_samples=settings.num_samples,
                           fuse_steps=settings.fuse_steps, generator=generator,
                           prediction_type=self.prediction_type, fusion=self.fusion)
             if reference_procedure:
                 result = sample_reference_procedure(self.model, chunk, num_steps=reference_steps, **common)
+            elif presegmentation is not None:
+                steps = settings.refine_steps()
+                start_mask = torch.from_numpy(presegmentation[start:stop, 1:]).to(self.device)
+                result = sample_segmentation(self.model, chunk, num_steps=steps, start_mask=start_mask,
+                                             start_timestep=settings.preseg_steps,
+                                             **(common | {"fuse_steps": min(settings.fuse_steps, steps)}))
             else:
                 result = sample_segmentation(self.model, chunk, num_steps=settings.num_steps, **common)
             calls += result.num_network_calls

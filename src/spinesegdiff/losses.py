@@ -69,3 +69,17 @@ def epsilon_loss(pred_eps: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     if pred_eps.shape != eps.shape:
         raise ValueError(f"pred_eps {tuple(pred_eps.shape)} and eps {tuple(eps.shape)} must have one shape")
     return F.mse_loss(pred_eps, eps)
+
+
+def dice_cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The segmentation U-Net's loss: ``CE(z, y) + (1 - Dice)`` over the foreground classes (nnU-Net's recipe).
+
+    Args:
+        logits: ``(B, K, H, W)`` class logits (background first).
+        labels: ``(B, H, W)`` int64 classes in ``0..K-1``.
+    """
+    cross_entropy = F.cross_entropy(logits, labels)
+    probs = logits.softmax(dim=1)[:, 1:]
+    target = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
+    dice = soft_dice_loss(probs, target)
+    return cross_entropy + dice, {"ce": cross_entropy.detach(), "dice": dice.detach()}

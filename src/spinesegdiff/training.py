@@ -28,13 +28,20 @@ import torch
 
 from spinesegdiff.augment import AugmentConfig, augment_batch
 from spinesegdiff.cache import SliceCache, build_cache, load_cache
-from spinesegdiff.checkpoint import load_checkpoint, save_checkpoint
+from spinesegdiff.checkpoint import load_checkpoint, resolve_model_file, save_checkpoint
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion import DDIMScheduler, add_noise, make_schedule
 from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.losses import epsilon_loss, segmentation_loss
+from spinesegdiff.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
 from spinesegdiff.metrics import dice_per_class
-from spinesegdiff.models import ModelConfig, build_model, model_prediction_type, preset_config
+from spinesegdiff.models import (
+    ModelConfig,
+    build_model,
+    is_diffusion_model,
+    model_prediction_type,
+    preset_config,
+)
+from spinesegdiff.presegment import CrossFittedPresegmenter
 from spinesegdiff.sampling import sample_segmentation
 from spinesegdiff.splits import (
     apply_split,
@@ -52,7 +59,14 @@ class TrainConfig:
 
     ``fold`` is the test fold (0-based) of a ``num_folds`` patient split, or ``-1`` to train on every case (the
     shipped model). ``max_minutes`` stops training gracefully (a final validation and checkpoint) when the wall
-    time is spent.
+    time is spent. ``holdout_patients`` are left out of training and validation as well (cross-fitted
+    presegmenters). ``init_from`` starts from a checkpoint's EMA weights (fine-tuning).
+
+    Presegmentation refinement (``preseg_models`` set, diffusion variants): each training slice is presegmented
+    on the fly, after augmentation, by a built-in U-Net that never trained on its patient (cross-fitting);
+    that mask, noised to ``t``, replaces the noised ground truth, and the target stays the ground truth. ``t`` is
+    drawn uniformly from ``[0, preseg_focus_timestep]`` with probability ``preseg_focus_share`` and from
+    ``[0, preseg_max_timestep]`` otherwise, so one model refines from any ``T_pre`` and is best at the focus.
     """
 
     data: str
@@ -85,6 +99,12 @@ class TrainConfig:
     amp: bool = True
     max_minutes: float | None = None
     threads: int | None = None
+    holdout_patients: tuple[str, ...] = ()
+    init_from: str | None = None
+    preseg_models: tuple[str, ...] = ()
+    preseg_max_timestep: int = 999
+    preseg_focus_timestep: int = 30
+    preseg_focus_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.fold < -1 or self.fold >= self.num_folds:
@@ -97,6 +117,12 @@ class TrainConfig:
             raise ValueError("lr must be positive and ema_decay in [0, 1)")
         if isinstance(self.augment, dict):
             object.__setattr__(self, "augment", AugmentConfig(**self.augment))
+        object.__setattr__(self, "holdout_patients", tuple(str(p) for p in self.holdout_patients))
+        object.__setattr__(self, "preseg_models", tuple(str(p) for p in self.preseg_models))
+        if not 0 <= self.preseg_focus_timestep <= self.preseg_max_timestep < self.num_train_timesteps:
+            raise ValueError("need 0 <= preseg_focus_timestep <= preseg_max_timestep < num_train_timesteps")
+        if not 0.0 <= self.preseg_focus_share <= 1.0:
+            raise ValueError(f"preseg_focus_share must lie in [0, 1], got {self.preseg_focus_share}")
 
     def model_config(self) -> ModelConfig:
         if self.model is not None:
@@ -148,6 +174,8 @@ def fold_data(config: TrainConfig, cache: SliceCache) -> FoldData:
         train_cases, test_cases = cases, []
     else:
         train_cases, test_cases = split[config.fold]["train"], split[config.fold]["test"]
+    excluded = set(config.holdout_patients)
+    train_cases = [c for c in train_cases if patient_of(c) not in excluded]
     held_out = validation_patients(train_cases, fraction=config.val_fraction, seed=config.seed) \
         if config.val_fraction > 0 else set()
     fit_cases = [c for c in train_cases if patient_of(c) not in held_out]
@@ -183,7 +211,7 @@ def make_scheduler(config: TrainConfig, model_config: ModelConfig) -> DDIMSchedu
 def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tensor, *, schedule,
                   prediction_type: str, generator: torch.Generator | None = None,
                   max_timestep: int | None = None, start_mask: torch.Tensor | None = None,
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  timesteps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One diffusion training loss on a batch.
 
     Args:
@@ -193,10 +221,12 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
         prediction_type: ``sample`` (x0 logits, MSE + Dice + BCE) or ``epsilon`` (noise MSE).
         max_timestep: draw ``t`` from ``[0, max_timestep]`` (presegmentation training) instead of ``[0, T)``.
         start_mask: ``(B, 3, H, W)`` in [0, 1]: noise this mask (a presegmentation) instead of the ground truth.
+        timesteps: ``(B,)`` steps to use instead of drawing them.
     """
     target01 = one_hot_x0(labels)
     high = schedule.num_train_timesteps if max_timestep is None else max_timestep + 1
-    t = torch.randint(0, high, (image.shape[0],), generator=generator, device=image.device)
+    t = timesteps if timesteps is not None else torch.randint(0, high, (image.shape[0],), generator=generator,
+                                                              device=image.device)
     noise = torch.randn(target01.shape, generator=generator, device=image.device)
     source = target01 if start_mask is None else start_mask
     x_t = add_noise(source * 2 - 1, noise, t, schedule).to(image.dtype)
@@ -209,21 +239,62 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
 
 @torch.no_grad()
 def validate(net: torch.nn.Module, cache: SliceCache, indices: list[int], *, scheduler: DDIMScheduler,
-             config: TrainConfig, device: torch.device, batch: int = 4) -> np.ndarray:
-    """Per-slice Dice ``(N, 3)`` of the sampler's label maps on cached slices (320 x 320 grid)."""
+             config: TrainConfig, device: torch.device, batch: int = 4,
+             presegmenter: CrossFittedPresegmenter | None = None) -> np.ndarray:
+    """Per-slice Dice ``(N, 3)`` of the label maps on cached slices (320 x 320 grid).
+
+    Diffusion models are sampled (from noise, or with ``presegmenter`` from its mask noised to
+    ``config.preseg_focus_timestep``); a segmentation U-Net is argmaxed.
+    """
     generator = torch.Generator(device=device).manual_seed(config.seed)
     scores = []
     for start in range(0, len(indices), batch):
         chunk = indices[start:start + batch]
         image, labels = batch_tensors(cache, chunk, device)
-        result = sample_segmentation(
-            net, image * 2 - 1, scheduler=scheduler, num_samples=config.val_samples, num_steps=config.val_steps,
-            fuse_steps=min(config.val_fuse_steps, config.val_steps), generator=generator,
-            prediction_type=scheduler.prediction_type,
-        )
-        for predicted, truth in zip(result.labels.cpu().numpy(), labels.cpu().numpy(), strict=True):
+        if not is_diffusion_model(net.config):
+            predicted_labels = net(image * 2 - 1).argmax(dim=1)
+        else:
+            refine = {}
+            if presegmenter is not None:
+                patients = [cache.entries[i].patient for i in chunk]
+                start_timestep = config.preseg_focus_timestep
+                refine = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
+                          "start_timestep": start_timestep}
+            steps = min(config.val_steps, refine["start_timestep"] + 1) if refine else config.val_steps
+            result = sample_segmentation(
+                net, image * 2 - 1, scheduler=scheduler, num_samples=config.val_samples, num_steps=steps,
+                fuse_steps=min(config.val_fuse_steps, steps), generator=generator,
+                prediction_type=scheduler.prediction_type, **refine,
+            )
+            predicted_labels = result.labels
+        for predicted, truth in zip(predicted_labels.cpu().numpy(), labels.cpu().numpy(), strict=True):
             scores.append(dice_per_class(predicted, truth))
     return np.asarray(scores).reshape(-1, 3)
+
+
+def load_crossfitted_presegmenter(config: TrainConfig, cache: SliceCache, device: torch.device
+                                  ) -> CrossFittedPresegmenter:
+    """The run's ``preseg_models`` with, for each, the patients it trained or validated on."""
+    from spinesegdiff.presegment import UNetPresegmenter
+
+    models, seen = [], []
+    for path in config.preseg_models:
+        presegmenter = UNetPresegmenter.from_checkpoint(path, device=device)
+        payload = load_checkpoint(resolve_model_file(path), map_location="cpu")
+        its_config = TrainConfig.from_dict(payload["train_config"])
+        its_data = fold_data(dataclasses.replace(its_config, data=config.data), cache)
+        seen.append({cache.entries[i].patient for i in [*its_data.train, *its_data.validation]})
+        models.append(presegmenter)
+    return CrossFittedPresegmenter(models, seen)
+
+
+def _preseg_timesteps(config: TrainConfig, batch: int, generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
+    """Refinement training steps: uniform on ``[0, focus]`` with probability ``focus_share``, else on
+    ``[0, preseg_max_timestep]``."""
+    focus = torch.rand(batch, generator=generator, device=device) < config.preseg_focus_share
+    high = torch.where(focus, config.preseg_focus_timestep + 1, config.preseg_max_timestep + 1)
+    return (torch.rand(batch, generator=generator, device=device) * high).long().clamp_max(high - 1)
 
 
 def _learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -301,6 +372,21 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
 
     torch.manual_seed(config.seed)  # same initial weights on every rank; batches differ by rank below
     net = build_model(model_config).to(device)
+    if config.init_from and not resume:
+        initial = load_checkpoint(resolve_model_file(config.init_from), map_location="cpu")
+        if ModelConfig.from_dict(initial["model_config"]) != model_config:
+            raise InputError(config.init_from, "holds a network of another configuration than this run's")
+        net.load_state_dict(initial.get("ema") or initial["model"])
+    diffusion = is_diffusion_model(model_config)
+    presegmenter = None
+    if config.preseg_models:
+        if not diffusion:
+            raise SpineSegDiffError("presegmentation refinement trains a diffusion variant, not a U-Net")
+        presegmenter = load_crossfitted_presegmenter(config, cache, device)
+        try:
+            presegmenter.check_covers([cache.entries[i].patient for i in [*data.train, *data.validation]])
+        except ValueError as err:
+            raise SpineSegDiffError(str(err)) from err
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(config, model_config)
@@ -350,9 +436,17 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
             chosen = sampler_rng.choice(data.train, size=config.batch_size, replace=len(data.train) < config.batch_size)
             image, labels = batch_tensors(cache, np.sort(chosen), device)
             image, labels = augment_batch(image, labels, config.augment, generator)
+            refine: dict[str, torch.Tensor] = {}
+            if presegmenter is not None:
+                patients = [cache.entries[i].patient for i in np.sort(chosen)]
+                refine = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
+                          "timesteps": _preseg_timesteps(config, len(chosen), generator, device)}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, _ = training_loss(model, image * 2 - 1, labels, schedule=schedule,
-                                            prediction_type=prediction_type, generator=generator)
+                if diffusion:
+                    loss, _ = training_loss(model, image * 2 - 1, labels, schedule=schedule,
+                                            prediction_type=prediction_type, generator=generator, **refine)
+                else:
+                    loss, _ = dice_cross_entropy_loss(model(image * 2 - 1).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -375,7 +469,8 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
         if is_main and (epoch % config.val_every == 0 or finished):
             improved = True  # without validation patients the latest EMA is the best there is
             if data.validation:
-                dice = validate(ema, cache, data.validation, scheduler=scheduler, config=config, device=device)
+                dice = validate(ema, cache, data.validation, scheduler=scheduler, config=config, device=device,
+                                presegmenter=presegmenter)
                 record["val_dice"] = dice.mean(axis=0).round(4).tolist()
                 record["val_mdice"] = round(float(dice.mean()), 4)
                 improved = record["val_mdice"] > best_metric

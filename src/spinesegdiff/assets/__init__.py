@@ -12,6 +12,7 @@ from spinesegdiff.errors import MissingInputError
 ASSETS = Path(__file__).resolve().parent
 DEFAULT_MODEL = "spinesegdiff-compact.pt"
 SAMPLE_SCAN = "spider_107_t2_SPACE.mha"
+DEFAULT_PRESEGMENTER = "spinesegdiff-unet-compact.pt"
 
 
 def default_model_path() -> Path:
@@ -19,6 +20,14 @@ def default_model_path() -> Path:
     path = ASSETS / DEFAULT_MODEL
     if not path.is_file():
         raise MissingInputError(path, "shipped model file (reinstall spinesegdiff)")
+    return path
+
+
+def default_presegmenter_path() -> Path:
+    """The shipped built-in segmentation U-Net (the default presegmenter)."""
+    path = ASSETS / DEFAULT_PRESEGMENTER
+    if not path.is_file():
+        raise MissingInputError(path, "shipped presegmenter file (reinstall spinesegdiff)")
     return path
 
 

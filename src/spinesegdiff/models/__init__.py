@@ -5,8 +5,14 @@ and the noisy mask ``x_t``; :func:`model_prediction_type` says whether the outpu
 """
 
 from spinesegdiff.models.config import NORMS, PRESETS, VARIANTS, ModelConfig, preset_config
-from spinesegdiff.models.factory import build_model, count_parameters, model_prediction_type
+from spinesegdiff.models.factory import (
+    build_model,
+    count_parameters,
+    is_diffusion_model,
+    model_prediction_type,
+)
 from spinesegdiff.models.iisdm_net import IISDMNet
+from spinesegdiff.models.segmentation_unet import SegmentationUNet
 from spinesegdiff.models.spinesegdiff_net import ImageEncoder, SpineSegDiffNet
 
 __all__ = [
@@ -16,9 +22,11 @@ __all__ = [
     "IISDMNet",
     "ImageEncoder",
     "ModelConfig",
+    "SegmentationUNet",
     "SpineSegDiffNet",
     "build_model",
     "count_parameters",
+    "is_diffusion_model",
     "model_prediction_type",
     "preset_config",
 ]

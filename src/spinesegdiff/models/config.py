@@ -10,6 +10,8 @@ variant               network                                               pred
 ``diffunet2d``        identical to ``spinesegdiff`` (Diff-UNet 2D differs   ``x0`` (mask logits)
                       only in its uncertainty-weighted fusion at sampling)
 ``iisdm``             guided-diffusion-style U-Net (Wolleb et al.)          ``eps`` (noise)
+``unet``              plain segmentation U-Net on the image alone (no       class logits (4)
+                      diffusion): the built-in presegmenter and baseline
 ===================== ===================================================== ===================
 
 Presets (:func:`preset_config`) with the default 1 image and 3 mask channels; times are one forward pass on a
@@ -31,6 +33,8 @@ Presets (:func:`preset_config`) with the default 1 image and 3 mask channels; ti
   0.28 s (untrained: its quality on discs is unknown). IISDM compact: widths ``(32, 32, 64, 64, 128, 128)``,
   7.13 M parameters, no stem.
 * ``tiny``: widths ``(8, 8, 16, 16)`` for tests (inputs divisible by 8).
+
+The ``unet`` variant takes the same widths and stem per preset, without time embedding or image encoder.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Variant = Literal["spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm"]
-VARIANTS: tuple[str, ...] = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm")
+Variant = Literal["spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm", "unet"]
+VARIANTS: tuple[str, ...] = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm", "unet")
+DIFFUSION_VARIANTS: tuple[str, ...] = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm")
 PRESETS: tuple[str, ...] = ("paper", "compact", "tiny")
 NORMS: tuple[str, ...] = ("instance", "group")
 

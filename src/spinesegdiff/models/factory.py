@@ -8,6 +8,7 @@ from torch import nn
 
 from spinesegdiff.models.config import ModelConfig
 from spinesegdiff.models.iisdm_net import IISDMNet
+from spinesegdiff.models.segmentation_unet import SegmentationUNet
 from spinesegdiff.models.spinesegdiff_net import SpineSegDiffNet
 
 
@@ -15,13 +16,21 @@ def build_model(config: ModelConfig) -> nn.Module:
     """A freshly initialised network for ``config.variant``.
 
     ``spinesegdiff``, ``diffunet2d`` and ``spinesegdiff_no_ie`` give a :class:`SpineSegDiffNet` (mask logits),
-    ``iisdm`` an :class:`IISDMNet` (noise). Both are called as ``net(x_t, t, image=y)``.
+    ``iisdm`` an :class:`IISDMNet` (noise); both are called as ``net(x_t, t, image=y)``. ``unet`` gives a
+    :class:`SegmentationUNet`, called as ``net(y)`` (class logits).
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
     if config.variant == "iisdm":
         return IISDMNet(config)
+    if config.variant == "unet":
+        return SegmentationUNet(config)
     return SpineSegDiffNet(config)
+
+
+def is_diffusion_model(config: ModelConfig) -> bool:
+    """Whether the variant is a diffusion model (sampled with DDIM) rather than a direct segmenter."""
+    return config.variant != "unet"
 
 
 def model_prediction_type(config: ModelConfig) -> Literal["sample", "epsilon"]:

@@ -1,0 +1,153 @@
+"""Presegmenters: a baseline segmenter whose mask the diffusion model refines (paper section 2.1.2).
+
+A presegmenter is any callable ``uint8 (N, H, W) slices -> (N, 4, H, W) float32 class probabilities``
+(background, canal, vertebra, disc; summing to 1). Two ship with the package:
+
+* :class:`UNetPresegmenter`, the built-in segmentation U-Net (``--variant unet``): trains in minutes on a CPU;
+* :class:`spinesegdiff.nnunet.NnUNetPresegmenter`, a real nnU-Net v2 2d model (optional extra).
+
+:class:`CrossFittedPresegmenter` serves training: every slice is presegmented by a U-Net that never saw its
+patient, so the refiner learns from the errors a presegmenter makes on unseen scans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from spinesegdiff.errors import InputError
+from spinesegdiff.preprocess import to_network_range
+
+PRESEGMENTERS: tuple[str, ...] = ("none", "unet", "nnunet")
+
+
+class Presegmenter(Protocol):
+    """``(N, H, W)`` ``uint8`` slices -> ``(N, 4, H, W)`` float32 class probabilities."""
+
+    name: str
+
+    def __call__(self, images_u8: np.ndarray) -> np.ndarray: ...
+
+
+class UNetPresegmenter:
+    """The built-in segmentation U-Net as a presegmenter.
+
+    Args:
+        net: a :class:`~spinesegdiff.models.SegmentationUNet` (any device).
+        device: where to run it.
+        batch: slices per forward pass.
+    """
+
+    name = "unet"
+
+    def __init__(self, net: torch.nn.Module, *, device: torch.device | str = "cpu", batch: int = 8) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.batch = batch
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu"
+                        ) -> UNetPresegmenter:
+        """A U-Net checkpoint or run folder; ``None``: the U-Net shipped with the package."""
+        from spinesegdiff.checkpoint import load_model, resolve_model_file
+
+        if path is None:
+            from spinesegdiff.assets import default_presegmenter_path
+
+            file = default_presegmenter_path()
+        else:
+            file = resolve_model_file(path)
+        net, config, _ = load_model(file, map_location="cpu")
+        if config.variant != "unet":
+            raise InputError(file, f"is a {config.variant!r} model, not a segmentation U-Net (--variant unet)")
+        return cls(net, device=device)
+
+    @torch.inference_mode()
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` image in ``[-1, 1]`` -> ``(B, 4, H, W)`` class probabilities (float32)."""
+        return self.net(image.to(self.device)).float().softmax(dim=1)
+
+    def __call__(self, images_u8: np.ndarray) -> np.ndarray:
+        images = np.asarray(images_u8)
+        outputs = []
+        for start in range(0, len(images), self.batch):
+            chunk = torch.from_numpy(to_network_range(images[start:start + self.batch]))[:, None]
+            outputs.append(self.probabilities(chunk).cpu().numpy())
+        return np.concatenate(outputs).astype(np.float32)
+
+
+class CrossFittedPresegmenter:
+    """Presegments training slices with U-Nets that never saw their patients.
+
+    Args:
+        models: U-Net presegmenters.
+        seen_patients: for each model, the patients it trained or validated on.
+    """
+
+    def __init__(self, models: Sequence[UNetPresegmenter], seen_patients: Sequence[set[str]]) -> None:
+        if len(models) != len(seen_patients) or not models:
+            raise ValueError("need one set of seen patients per presegmenter, and at least one presegmenter")
+        self.models = list(models)
+        self.seen_patients = [set(p) for p in seen_patients]
+
+    def model_for(self, patient: str) -> int:
+        """Index of the first model that never saw ``patient``; ``ValueError`` if every model saw it."""
+        for index, seen in enumerate(self.seen_patients):
+            if patient not in seen:
+                return index
+        raise ValueError(f"every presegmenter trained on patient {patient}: no unbiased presegmentation for it")
+
+    def check_covers(self, patients: Sequence[str]) -> None:
+        uncovered = sorted({p for p in patients if all(p in seen for seen in self.seen_patients)}, key=str)
+        if uncovered:
+            raise ValueError(f"no presegmenter is blind to patients {', '.join(uncovered)}: train cross-fitted "
+                             "U-Nets with --holdout-patients")
+
+    def probabilities(self, image: torch.Tensor, patients: Sequence[str]) -> torch.Tensor:
+        """``(B, 1, H, W)`` images in ``[-1, 1]`` of ``patients`` -> ``(B, 4, H, W)`` class probabilities."""
+        output = torch.empty(image.shape[0], 4, *image.shape[-2:], device=image.device)
+        choice = np.asarray([self.model_for(p) for p in patients])
+        for index in np.unique(choice):
+            rows = torch.from_numpy(np.flatnonzero(choice == index)).to(image.device)
+            output[rows] = self.models[index].probabilities(image[rows]).to(image.device)
+        return output
+
+
+def crossfit_parts(patients: Sequence[str], parts: int = 2, *, seed: int = 0) -> list[list[str]]:
+    """Split patients into ``parts`` disjoint, seeded groups of near-equal size (sorted within a group)."""
+    unique = sorted(set(patients), key=lambda p: (len(p), p))
+    if parts < 2 or parts > len(unique):
+        raise ValueError(f"parts must lie in 2..{len(unique)}, got {parts}")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return [sorted((unique[i] for i in order[k::parts]), key=lambda p: (len(p), p)) for k in range(parts)]
+
+
+def presegmentation_entropy(class_probabilities: np.ndarray) -> np.ndarray:
+    """``(N, 4, H, W)`` probabilities -> ``(N, H, W)`` entropy normalised to [0, 1] (divided by log 4)."""
+    p = np.clip(class_probabilities, 1e-8, 1.0)
+    return (-(p * np.log(p)).sum(axis=1) / np.log(p.shape[1])).astype(np.float32)
+
+
+def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str = "cpu") -> Presegmenter | None:
+    """``none`` -> ``None``; ``unet`` -> a U-Net run or checkpoint (default: the shipped one); ``nnunet`` -> an
+    nnU-Net 2d model folder (required; its ``fold_all`` if present, else its first ``fold_<k>``)."""
+    from spinesegdiff.errors import SpineSegDiffError
+
+    if kind == "none":
+        return None
+    if kind == "unet":
+        return UNetPresegmenter.from_checkpoint(model, device=device)
+    if kind == "nnunet":
+        from spinesegdiff.nnunet import NnUNetPresegmenter
+
+        if model is None:
+            raise SpineSegDiffError("--preseg nnunet needs --preseg-model: an nnU-Net 2d model folder")
+        folder = Path(model)
+        folds = sorted(p.name.removeprefix("fold_") for p in folder.glob("fold_*") if p.is_dir())
+        fold = "all" if "all" in folds else (folds[0] if folds else 0)
+        return NnUNetPresegmenter(folder, fold=int(fold) if str(fold).isdigit() else fold, device=device)
+    raise SpineSegDiffError(f"unknown presegmenter {kind!r}: choose one of {', '.join(PRESEGMENTERS)}")
