@@ -89,7 +89,8 @@ _TRAIN_FLAGS = {
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule",
     "val_every": "val_every", "seed": "seed", "device": "device", "max_minutes": "max_minutes",
     "threads": "threads", "schedule": "schedule", "warmup_steps": "warmup_steps", "ema_decay": "ema_decay",
-    "val_fraction": "val_fraction", "init_from": "init_from", "preseg_max_timestep": "preseg_max_timestep",
+    "val_fraction": "val_fraction", "init_from": "init_from", "crossfit_part": "crossfit_part",
+    "preseg_max_timestep": "preseg_max_timestep",
     "preseg_focus_timestep": "preseg_focus_timestep", "preseg_focus_share": "preseg_focus_share",
 }
 
@@ -137,13 +138,37 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
                         help="denoiser runtime (default auto: OpenVINO on a CPU where it is installed)")
 
 
+def _add_preseg_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preseg", choices=("none", "unet", "nnunet"), default="none",
+                        help="refine a presegmenter's mask instead of sampling from noise (default none)")
+    parser.add_argument("--preseg-model", type=Path,
+                        help="presegmenter: a U-Net run or checkpoint (unet; default the shipped U-Net) or an "
+                             "nnU-Net 2d model folder (nnunet)")
+    parser.add_argument("--preseg-steps", type=int,
+                        help="T_pre, the noise step the presegmentation is refined from (default 30; 0: the "
+                             "presegmenter's own mask)")
+
+
+def _presegmenter(args: argparse.Namespace):
+    from spinesegdiff.devices import resolve_device
+    from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.presegment import load_presegmenter
+
+    if args.preseg == "none":
+        if args.preseg_model is not None or args.preseg_steps is not None:
+            raise SpineSegDiffError("--preseg-model and --preseg-steps need --preseg unet or nnunet")
+        return None
+    return load_presegmenter(args.preseg, args.preseg_model, device=str(resolve_device(args.device, quiet=True)))
+
+
 def _sampler_settings(args: argparse.Namespace):
     from spinesegdiff.errors import SpineSegDiffError
     from spinesegdiff.inference import SamplerSettings
 
     try:
         return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
-                               seed=args.seed, precision=args.precision, backend=args.backend)
+                               seed=args.seed, precision=args.precision, backend=args.backend,
+                               preseg_steps=getattr(args, "preseg_steps", None))
     except ValueError as err:
         raise SpineSegDiffError(f"invalid sampler settings: {err}") from err
 
@@ -209,6 +234,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     scans = _scan_inputs(args.input)
     output_suffix(None, args.format)  # validate --format before any work
     settings = _sampler_settings(args)
+    presegmenter = _presegmenter(args)
     segmenter = None
     failures = 0
     batch = len(scans) > 1
@@ -222,7 +248,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             continue
         if segmenter is None:  # loaded after the first good scan, so a bad input is reported first
             segmenter = Segmenter.from_checkpoint(args.model, device=args.device, settings=settings,
-                                                  quiet=args.quiet)
+                                                  quiet=args.quiet, presegmenter=presegmenter)
         try:
             result = segment_loaded(loaded, segmenter)
             paths = write_outputs(result, args.output, output_format=args.format)
@@ -249,7 +275,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from spinesegdiff.predict import segment, write_outputs
 
     started = time.perf_counter()
-    segmenter = Segmenter.from_checkpoint(None, device=args.device, settings=_sampler_settings(args), quiet=True)
+    segmenter = Segmenter.from_checkpoint(None, device=args.device, settings=_sampler_settings(args), quiet=True,
+                                          presegmenter=_presegmenter(args))
     result = segment(sample_scan_path(), segmenter=segmenter)
     paths = write_outputs(result, args.output)
     stats = result.statistics()
@@ -260,6 +287,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {entry['name']:<20} {entry['area_mm2']:>8.0f} mm^2   mean uncertainty {entry['uncertainty_mean']}")
     for name, path in paths.items():
         print(f"  {name:<13} {path}")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from spinesegdiff.ablation import ablation_table, run_ablation
+    from spinesegdiff.errors import SpineSegDiffError
+
+    if args.preseg == "none":
+        raise SpineSegDiffError("the ablation needs a presegmenter: --preseg unet or nnunet")
+    args.preseg_steps = None
+    presegmenter = _presegmenter(args)
+    try:
+        rows = run_ablation(args.run, presegmenter, t_pre=args.t_pre, settings=_sampler_settings(args),
+                            device=args.device, checkpoint=args.checkpoint, out=args.out, quiet=args.quiet)
+    except ValueError as err:
+        raise SpineSegDiffError(str(err)) from err
+    print(f"presegmenter {args.preseg}; {rows[0]['num_cases']} held-out central slices of {args.run}")
+    print(ablation_table(rows))
+    if args.out:
+        print(f"written: {args.out / 'ablation.json'}, {args.out / 'ablation_cases.csv'}")
     return 0
 
 
@@ -334,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, help="CPU threads for PyTorch")
     tr.add_argument("--max-minutes", type=float, help="stop (validate and save) after this much wall time")
     tr.add_argument("--holdout-patients", help="comma-separated patients also left out (cross-fitted U-Nets)")
+    tr.add_argument("--crossfit-part", help="k/n: also hold out part k of n seeded parts of the fold's training "
+                                            "patients (cross-fitted presegmenters for refiner training)")
     tr.add_argument("--init-from", help="start from this checkpoint's EMA weights (fine-tuning)")
     tr.add_argument("--preseg-model", action="append", type=Path,
                     help="built-in U-Net run for presegmentation refinement training (repeat: cross-fitted "
@@ -364,6 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime row")
     be.set_defaults(handler=_cmd_benchmark)
 
+    ab = commands.add_parser("ablate", help="presegmentation ablation (paper Table 2): Dice and s / slice per T_pre")
+    ab.add_argument("--run", required=True, type=Path, help="refiner run folder (its held-out fold is scored)")
+    ab.add_argument("--checkpoint", default="best.pt", help="checkpoint in the run folder (default best.pt)")
+    ab.add_argument("--t-pre", type=int, nargs="+", default=[0, 30, 100, 300, 500, 1000],
+                    help="refinement starts (default 0 30 100 300 500 1000; 1000 = from pure noise)")
+    ab.add_argument("--out", type=Path, help="folder for ablation.json and ablation_cases.csv")
+    _add_sampler_options(ab)
+    _add_preseg_options(ab)
+    ab.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    ab.add_argument("--quiet", action="store_true")
+    ab.set_defaults(handler=_cmd_ablate)
+
     pr = commands.add_parser("predict", help="segment scans (.mha, .nii.gz, .nrrd, DICOM, or a folder of them)")
     pr.add_argument("-i", "--input", required=True, type=Path, help="scan, DICOM series folder, or folder of scans")
     pr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
@@ -372,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--volume", action="store_true", help="segment every sagittal slice, not only the central one")
     pr.add_argument("--format", help="output format: nii.gz, mha, nrrd or nii (default: the input's; DICOM -> nii.gz)")
     _add_sampler_options(pr)
+    _add_preseg_options(pr)
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(handler=_cmd_predict)
 
@@ -379,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("-o", "--output", type=Path, default=Path("spinesegdiff-demo"), help="output folder")
     de.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     _add_sampler_options(de)
+    _add_preseg_options(de)
     de.set_defaults(handler=_cmd_demo)
     return parser
 

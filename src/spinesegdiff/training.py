@@ -60,7 +60,9 @@ class TrainConfig:
     ``fold`` is the test fold (0-based) of a ``num_folds`` patient split, or ``-1`` to train on every case (the
     shipped model). ``max_minutes`` stops training gracefully (a final validation and checkpoint) when the wall
     time is spent. ``holdout_patients`` are left out of training and validation as well (cross-fitted
-    presegmenters). ``init_from`` starts from a checkpoint's EMA weights (fine-tuning).
+    presegmenters); ``crossfit_part`` ``"k/n"`` holds out part ``k`` of ``n`` seeded parts of the fold's training
+    patients (:func:`~spinesegdiff.presegment.crossfit_parts`). ``init_from`` starts from a checkpoint's EMA
+    weights (fine-tuning).
 
     Presegmentation refinement (``preseg_models`` set, diffusion variants): each training slice is presegmented
     on the fly, after augmentation, by a built-in U-Net that never trained on its patient (cross-fitting);
@@ -100,6 +102,7 @@ class TrainConfig:
     max_minutes: float | None = None
     threads: int | None = None
     holdout_patients: tuple[str, ...] = ()
+    crossfit_part: str | None = None
     init_from: str | None = None
     preseg_models: tuple[str, ...] = ()
     preseg_max_timestep: int = 999
@@ -121,6 +124,10 @@ class TrainConfig:
         object.__setattr__(self, "preseg_models", tuple(str(p) for p in self.preseg_models))
         if not 0 <= self.preseg_focus_timestep <= self.preseg_max_timestep < self.num_train_timesteps:
             raise ValueError("need 0 <= preseg_focus_timestep <= preseg_max_timestep < num_train_timesteps")
+        if self.crossfit_part is not None:
+            part, _, parts = str(self.crossfit_part).partition("/")
+            if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts) and int(parts) >= 2):
+                raise ValueError(f"crossfit_part must read 'k/n' with 1 <= k <= n, n >= 2; got {self.crossfit_part!r}")
         if not 0.0 <= self.preseg_focus_share <= 1.0:
             raise ValueError(f"preseg_focus_share must lie in [0, 1], got {self.preseg_focus_share}")
 
@@ -175,6 +182,11 @@ def fold_data(config: TrainConfig, cache: SliceCache) -> FoldData:
     else:
         train_cases, test_cases = split[config.fold]["train"], split[config.fold]["test"]
     excluded = set(config.holdout_patients)
+    if config.crossfit_part is not None:
+        from spinesegdiff.presegment import crossfit_parts
+
+        part, parts = (int(v) for v in config.crossfit_part.split("/"))
+        excluded |= set(crossfit_parts([patient_of(c) for c in train_cases], parts, seed=config.split_seed)[part - 1])
     train_cases = [c for c in train_cases if patient_of(c) not in excluded]
     held_out = validation_patients(train_cases, fraction=config.val_fraction, seed=config.seed) \
         if config.val_fraction > 0 else set()
