@@ -310,6 +310,22 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from spinesegdiff.evaluation.runner import run_evaluation
+    from spinesegdiff.evaluation.systems import SystemSpec
+
+    specs = [SystemSpec.parse(text) for text in args.system]
+    metadata = args.metadata if args.metadata is not None and args.metadata.exists() else None
+    command = "spinesegdiff " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    page = run_evaluation(specs, args.out, metadata=metadata, ablation_files=args.ablation,
+                          settings=_sampler_settings(args), device=args.device, reuse=args.reuse,
+                          commands=[command] if command else [], quiet=args.quiet)
+    print(f"report: {page} (tables .md/.csv/.tex, cases.csv, figures/ beside it)")
+    if metadata is None:
+        print("no pathology analysis: --metadata folder with radiological_gradings.csv not found")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spinesegdiff",
@@ -424,6 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     ab.add_argument("--quiet", action="store_true")
     ab.set_defaults(handler=_cmd_ablate)
+
+    ev = commands.add_parser("evaluate", help="compare systems on a held-out fold: tables, statistics, figures, HTML")
+    ev.add_argument("--system", required=True, action="append",
+                    help="NAME=RUN | NAME=RUN,preseg=unet:UNET_RUN,t_pre=30 | NAME=nnunet:FOLDER (repeat; the "
+                         "first is the primary system)")
+    ev.add_argument("--out", required=True, type=Path, help="report folder")
+    ev.add_argument("--metadata", type=Path, default=Path("../shared/data/spider-metadata"),
+                    help="folder with radiological_gradings.csv for the pathology analysis")
+    ev.add_argument("--ablation", type=Path, action="append", default=[],
+                    help="ablation.json written by spinesegdiff ablate (repeat)")
+    ev.add_argument("--reuse", action="store_true", help="reuse predictions already in OUT/predictions")
+    _add_sampler_options(ev)
+    ev.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(handler=_cmd_evaluate)
 
     pr = commands.add_parser("predict", help="segment scans (.mha, .nii.gz, .nrrd, DICOM, or a folder of them)")
     pr.add_argument("-i", "--input", required=True, type=Path, help="scan, DICOM series folder, or folder of scans")

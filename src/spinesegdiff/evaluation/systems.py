@@ -1,0 +1,161 @@
+"""The systems an evaluation compares, and their predictions on one set of held-out slices.
+
+A system is named on the command line as ``NAME=SPEC``:
+
+* ``NAME=RUN``: a spinesegdiff run folder; a diffusion variant is sampled (S = 15, K = Ts = 10 by default), a
+  ``unet`` run is argmaxed;
+* ``NAME=RUN,preseg=unet:UNET_RUN,t_pre=30``: a diffusion run refining a presegmenter's mask from ``T_pre``
+  (``preseg=nnunet:FOLDER`` for an nnU-Net presegmenter);
+* ``NAME=nnunet:FOLDER``: an nnU-Net v2 2d model folder (its ``fold_<k>`` of the evaluated fold).
+
+:func:`predict_system` returns a :class:`PredictionSet`: per slice the label map, the class probabilities and
+the uncertainty map (entropy for single-pass systems), saved as ``<name>.npz`` so a report can be rebuilt
+without sampling again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spinesegdiff.errors import SpineSegDiffError
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A parsed ``NAME=SPEC``."""
+
+    name: str
+    kind: str  # "run" or "nnunet"
+    path: Path
+    preseg: str | None = None  # "unet" or "nnunet"
+    preseg_path: Path | None = None
+    t_pre: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> SystemSpec:
+        name, sep, spec = text.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise SpineSegDiffError(f"system {text!r}: expected NAME=RUN, NAME=RUN,preseg=KIND:PATH,t_pre=N or "
+                                    "NAME=nnunet:FOLDER")
+        head, *options = [part.strip() for part in spec.split(",")]
+        values = {}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("preseg", "t_pre"):
+                raise SpineSegDiffError(f"system {name}: unknown option {option!r} (preseg=KIND:PATH, t_pre=N)")
+            values[key] = value
+        if head.startswith("nnunet:"):
+            if values:
+                raise SpineSegDiffError(f"system {name}: an nnU-Net system takes no options")
+            return cls(name.strip(), "nnunet", Path(head.removeprefix("nnunet:")))
+        preseg = preseg_path = t_pre = None
+        if "preseg" in values:
+            preseg, sep, location = values["preseg"].partition(":")
+            if preseg not in ("unet", "nnunet") or not sep:
+                raise SpineSegDiffError(f"system {name}: preseg must read unet:PATH or nnunet:PATH")
+            preseg_path = Path(location)
+            t_pre = int(values.get("t_pre", 30))
+        elif "t_pre" in values:
+            raise SpineSegDiffError(f"system {name}: t_pre needs preseg=KIND:PATH")
+        return cls(name.strip(), "run", Path(head), preseg, preseg_path, t_pre)
+
+
+@dataclass
+class PredictionSet:
+    """One system's predictions on ``N`` slices of the 320 x 320 model grid.
+
+    Attributes:
+        name: the system's name in tables.
+        cases: ``N`` case names.
+        labels: ``(N, 320, 320)`` uint8 classes 0-3.
+        class_probabilities: ``(N, 4, 320, 320)`` float16, summing to 1.
+        uncertainty: ``(N, 320, 320)`` float16 in [0, 1].
+        seconds_per_slice: prediction time.
+        description: what ran (model, sampler settings).
+    """
+
+    name: str
+    cases: list[str]
+    labels: np.ndarray
+    class_probabilities: np.ndarray
+    uncertainty: np.ndarray
+    seconds_per_slice: float
+    description: dict = field(default_factory=dict)
+
+    def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}.npz"
+        np.savez_compressed(path, labels=self.labels, class_probabilities=self.class_probabilities,
+                            uncertainty=self.uncertainty)
+        (folder / f"{self.name}.json").write_text(json.dumps(
+            {"name": self.name, "cases": self.cases, "seconds_per_slice": self.seconds_per_slice,
+             "description": self.description}, indent=2, default=str))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, name: str) -> PredictionSet:
+        meta = json.loads((folder / f"{name}.json").read_text())
+        arrays = np.load(folder / f"{name}.npz")
+        return cls(meta["name"], meta["cases"], arrays["labels"], arrays["class_probabilities"],
+                   arrays["uncertainty"], meta["seconds_per_slice"], meta.get("description", {}))
+
+
+def _entropy(class_probabilities: np.ndarray) -> np.ndarray:
+    from spinesegdiff.presegment import presegmentation_entropy
+
+    return presegmentation_entropy(class_probabilities)
+
+
+def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fold: int, device: str = "auto",
+                   settings=None, quiet: bool = True) -> PredictionSet:
+    """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold."""
+    from spinesegdiff.checkpoint import load_model, resolve_model_file
+    from spinesegdiff.presegment import UNetPresegmenter, load_presegmenter
+
+    if spec.kind == "nnunet":
+        from spinesegdiff.nnunet import NnUNetPresegmenter
+
+        model = NnUNetPresegmenter(spec.path, fold=fold, device="cpu" if device == "auto" else device)
+        started = time.perf_counter()
+        probs = model(images)
+        description = {"system": "nnU-Net v2 2d", "folder": str(spec.path), "fold": fold}
+        uncertainty = _entropy(probs)
+    else:
+        _, config, _ = load_model(resolve_model_file(spec.path), map_location="cpu")
+        if config.variant == "unet":
+            unet = UNetPresegmenter.from_checkpoint(spec.path, device="cpu" if device == "auto" else device)
+            started = time.perf_counter()
+            probs = unet(images)
+            uncertainty = _entropy(probs)
+            description = {"system": "built-in U-Net", "run": str(spec.path)}
+        else:
+            from spinesegdiff.inference import Segmenter
+
+            presegmenter = None
+            if spec.preseg is not None:
+                presegmenter = load_presegmenter(spec.preseg, spec.preseg_path, device="cpu")
+            if settings is not None and spec.t_pre is not None:
+                from dataclasses import replace
+
+                settings = replace(settings, preseg_steps=spec.t_pre)
+            elif spec.t_pre is not None:
+                from spinesegdiff.inference import SamplerSettings
+
+                settings = SamplerSettings(preseg_steps=spec.t_pre)
+            segmenter = Segmenter.from_checkpoint(spec.path, device=device, settings=settings, quiet=quiet,
+                                                  presegmenter=presegmenter)
+            segmenter.segment(images[:1])  # warm-up: one-time runtime set-up is not per-slice time
+            started = time.perf_counter()
+            result = segmenter.segment(images)
+            probs, uncertainty = result.class_probabilities, result.uncertainty
+            description = {"system": f"diffusion ({config.variant})", "run": str(spec.path),
+                           "sampler": segmenter.describe()}
+    seconds = (time.perf_counter() - started) / max(1, len(images))
+    return PredictionSet(spec.name, list(cases), np.asarray(probs).argmax(axis=1).astype(np.uint8),
+                         np.asarray(probs, dtype=np.float16), np.asarray(uncertainty, dtype=np.float16),
+                         seconds, description)
