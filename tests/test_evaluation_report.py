@@ -30,7 +30,8 @@ def _gradings(folder: Path, patients: list[int]) -> Path:
         writer = csv.writer(handle)
         writer.writerow(header)
         for patient in patients:
-            writer.writerow([patient, 1, patient % 2, 0, 0, 0, 0, 1 - patient % 2, int(patient % 3 == 0), 3 + patient % 2])
+            odd = patient % 2
+            writer.writerow([patient, 1, odd, 0, 0, 0, 0, 1 - odd, int(patient % 3 == 0), 3 + odd])
     return folder
 
 
