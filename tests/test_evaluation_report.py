@@ -39,9 +39,11 @@ def test_system_specs_parse_and_reject() -> None:
     spec = SystemSpec.parse("refined=runs/r,preseg=unet:runs/u,t_pre=100")
     assert spec.kind == "run" and spec.preseg == "unet" and spec.t_pre == 100 and spec.preseg_path == Path("runs/u")
     assert SystemSpec.parse("nn=nnunet:results/x").kind == "nnunet"
+    assert SystemSpec.parse("Diff-UNet 2D=runs/r,fusion=uncertainty").fusion == "uncertainty"
     from spinesegdiff.errors import SpineSegDiffError
 
-    for bad in ("noequals", "x=runs/r,t_pre=30", "x=runs/r,preseg=foo:bar", "x=runs/r,colour=red"):
+    for bad in ("noequals", "x=runs/r,t_pre=30", "x=runs/r,preseg=foo:bar", "x=runs/r,colour=red",
+                "x=runs/r,fusion=max"):
         with pytest.raises(SpineSegDiffError):
             SystemSpec.parse(bad)
 

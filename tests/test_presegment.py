@@ -91,8 +91,10 @@ def test_refinement_starts_at_t_pre_and_counts_its_network_calls() -> None:
                           settings=settings, presegmenter=fake)
     images = np.zeros((2, 320, 320), dtype=np.uint8)
     result = segmenter.segment(images)
-    assert settings.refine_steps() == 3 and result.network_calls == 2 * 3  # 3 steps per image, not 10
-    assert counting.timesteps[:3] == [30, 15, 0] and max(counting.timesteps) == 30
+    assert settings.refine_steps() == 2 and result.network_calls == 2 * 2  # 2 steps per image, not 10
+    assert counting.timesteps[:2] == [30, 0] and max(counting.timesteps) == 30
+    assert SamplerSettings(preseg_steps=100).refine_steps() == 7
+    assert SamplerSettings(preseg_steps=600).refine_steps() == 10
     assert fake.calls == 1 and segmenter.describe()["presegmenter"] == "fake"
     counting.timesteps.clear()
     own_mask = Segmenter(counting, TINY_DIFFUSION, None, device=torch.device("cpu"), presegmenter=fake,
@@ -149,7 +151,7 @@ def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: 
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     segmenter = Segmenter.from_checkpoint(run, device="cpu", presegmenter=presegmenter,
                                           settings=SamplerSettings(num_samples=2, backend="torch"))
-    assert segmenter.segment(np.zeros((1, 320, 320), np.uint8)).network_calls == 3
+    assert segmenter.segment(np.zeros((1, 320, 320), np.uint8)).network_calls == 2
 
     from spinesegdiff.errors import SpineSegDiffError
 
@@ -176,3 +178,23 @@ def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Pat
     bad_labels[0, 0, 0] = 7
     with pytest.raises(ValueError, match="0..3"):
         nnunet.export_dataset(np.asarray(small_cache.images), bad_labels, cases, folders, dataset_id=988)
+
+
+@pytest.mark.slow
+def test_tiny_nnunet_end_to_end(small_cache, tmp_path: Path) -> None:
+    """Export, nnU-Net's planning and preprocessing, 1 epoch of 2 iterations, and prediction as a presegmenter."""
+    pytest.importorskip("nnunetv2", reason="nnU-Net v2 is an optional extra: pip install 'spinesegdiff[nnunet]'")
+    from spinesegdiff import nnunet
+
+    folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
+    cases = [e.case for e in small_cache.entries]
+    split = fold_data(_config(small_cache.root, tmp_path / "x"), small_cache).split
+    nnunet.export_dataset(np.asarray(small_cache.images), np.asarray(small_cache.labels), cases, folders,
+                          dataset_id=989, name="Tiny", split=split)
+    nnunet.plan_and_preprocess(989, folders, processes=1, log=tmp_path / "plan.log")
+    model = nnunet.train_fold(989, 1, folders, epochs=1, iterations=2, log=tmp_path / "train.log")
+    assert (model / "fold_1" / "checkpoint_final.pth").is_file()
+    presegmenter = load_presegmenter("nnunet", model, device="cpu")
+    probs = presegmenter(np.asarray(small_cache.images[:1]))
+    assert probs.shape == (1, 4, 320, 320)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)

@@ -6,7 +6,9 @@ A system is named on the command line as ``NAME=SPEC``:
   ``unet`` run is argmaxed;
 * ``NAME=RUN,preseg=unet:UNET_RUN,t_pre=30``: a diffusion run refining a presegmenter's mask from ``T_pre``
   (``preseg=nnunet:FOLDER`` for an nnU-Net presegmenter);
-* ``NAME=nnunet:FOLDER``: an nnU-Net v2 2d model folder (its ``fold_<k>`` of the evaluated fold).
+* ``NAME=nnunet:FOLDER``: an nnU-Net v2 2d model folder (its ``fold_<k>`` of the evaluated fold);
+* ``fusion=exp|uncertainty`` overrides a diffusion run's fusion of the last steps (``uncertainty`` is Diff-UNet
+  2D's, which shares SpineSegDiff's network and training).
 
 :func:`predict_system` returns a :class:`PredictionSet`: per slice the label map, the class probabilities and
 the uncertainty map (entropy for single-pass systems), saved as ``<name>.npz`` so a report can be rebuilt
@@ -35,6 +37,7 @@ class SystemSpec:
     preseg: str | None = None  # "unet" or "nnunet"
     preseg_path: Path | None = None
     t_pre: int | None = None
+    fusion: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> SystemSpec:
@@ -46,8 +49,9 @@ class SystemSpec:
         values = {}
         for option in options:
             key, sep, value = option.partition("=")
-            if not sep or key not in ("preseg", "t_pre"):
-                raise SpineSegDiffError(f"system {name}: unknown option {option!r} (preseg=KIND:PATH, t_pre=N)")
+            if not sep or key not in ("preseg", "t_pre", "fusion"):
+                raise SpineSegDiffError(f"system {name}: unknown option {option!r} (preseg=KIND:PATH, t_pre=N, "
+                                        "fusion=exp|uncertainty)")
             values[key] = value
         if head.startswith("nnunet:"):
             if values:
@@ -62,7 +66,10 @@ class SystemSpec:
             t_pre = int(values.get("t_pre", 30))
         elif "t_pre" in values:
             raise SpineSegDiffError(f"system {name}: t_pre needs preseg=KIND:PATH")
-        return cls(name.strip(), "run", Path(head), preseg, preseg_path, t_pre)
+        fusion = values.get("fusion")
+        if fusion not in (None, "exp", "uncertainty"):
+            raise SpineSegDiffError(f"system {name}: fusion must be exp or uncertainty, got {fusion!r}")
+        return cls(name.strip(), "run", Path(head), preseg, preseg_path, t_pre, fusion)
 
 
 @dataclass
@@ -139,14 +146,12 @@ def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fo
             presegmenter = None
             if spec.preseg is not None:
                 presegmenter = load_presegmenter(spec.preseg, spec.preseg_path, device="cpu")
-            if settings is not None and spec.t_pre is not None:
-                from dataclasses import replace
+            from dataclasses import replace
 
-                settings = replace(settings, preseg_steps=spec.t_pre)
-            elif spec.t_pre is not None:
-                from spinesegdiff.inference import SamplerSettings
+            from spinesegdiff.inference import SamplerSettings
 
-                settings = SamplerSettings(preseg_steps=spec.t_pre)
+            settings = replace(settings or SamplerSettings(), preseg_steps=spec.t_pre,
+                               fusion=spec.fusion or (settings.fusion if settings else None))
             segmenter = Segmenter.from_checkpoint(spec.path, device=device, settings=settings, quiet=quiet,
                                                   presegmenter=presegmenter)
             segmenter.segment(images[:1])  # warm-up: one-time runtime set-up is not per-slice time
