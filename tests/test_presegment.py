@@ -198,3 +198,22 @@ def test_tiny_nnunet_end_to_end(small_cache, tmp_path: Path) -> None:
     probs = presegmenter(np.asarray(small_cache.images[:1]))
     assert probs.shape == (1, 4, 320, 320)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_predict_refuses_preseg_options_without_a_presegmenter(tmp_path: Path, capsys) -> None:
+    from spinesegdiff.assets import sample_scan_path
+    from spinesegdiff.cli import main
+
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(sample_scan_path()), "-o", str(out), "--preseg-steps", "30"]) == 2
+    assert "need --preseg unet or nnunet" in capsys.readouterr().err and not out.exists()
+    assert main(["predict", "-i", str(sample_scan_path()), "-o", str(out), "--preseg", "nnunet"]) == 2
+    assert "needs --preseg-model" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_unet_is_refused_as_the_diffusion_model(small_cache, tmp_path: Path) -> None:
+    from spinesegdiff.errors import InputError
+
+    unet = train(_config(small_cache.root, tmp_path / "unet"), progress=False, stop_after_steps=1)
+    with pytest.raises(InputError, match="segmentation U-Net"):
+        Segmenter.from_checkpoint(unet, device="cpu")

@@ -225,11 +225,13 @@ class Segmenter:
     def from_checkpoint(cls, model: str | Path | None = None, *, device: str = "auto",
                         settings: SamplerSettings | None = None, quiet: bool = False,
                         presegmenter: Presegmenter | None = None) -> Segmenter:
-        """Load a checkpoint file or run folder; ``None`` loads the model shipped with the package."""
-        if model is None:
-            from spinesegdiff.assets import default_model_path
+        """Load a checkpoint file or run folder; ``None`` loads the model shipped with the package (the shipped
+        refiner when a presegmenter is given)."""
+        if model is None:  # the shipped model; with a presegmenter, the shipped refiner
+            from spinesegdiff.assets import default_model_path, default_refiner_path
 
-            path, name = default_model_path(), f"shipped: {default_model_path().name}"
+            path = default_refiner_path() if presegmenter is not None else default_model_path()
+            name = f"shipped: {path.name}"
         else:
             path = resolve_model_file(model)
             name = str(path)

@@ -13,6 +13,7 @@ ASSETS = Path(__file__).resolve().parent
 DEFAULT_MODEL = "spinesegdiff-compact.pt"
 SAMPLE_SCAN = "spider_107_t2_SPACE.mha"
 DEFAULT_PRESEGMENTER = "spinesegdiff-unet-compact.pt"
+DEFAULT_REFINER = "spinesegdiff-refiner-compact.pt"
 
 
 def default_model_path() -> Path:
@@ -28,6 +29,14 @@ def default_presegmenter_path() -> Path:
     path = ASSETS / DEFAULT_PRESEGMENTER
     if not path.is_file():
         raise MissingInputError(path, "shipped presegmenter file (reinstall spinesegdiff)")
+    return path
+
+
+def default_refiner_path() -> Path:
+    """The shipped SpineSegDiff refiner (trained to refine the shipped U-Net's masks from T_pre <= 999)."""
+    path = ASSETS / DEFAULT_REFINER
+    if not path.is_file():
+        raise MissingInputError(path, "shipped refiner file (reinstall spinesegdiff)")
     return path
 
 
