@@ -205,7 +205,8 @@ def test_predict_refuses_preseg_options_without_a_presegmenter(tmp_path: Path, c
     from spinesegdiff.cli import main
 
     out = tmp_path / "out"
-    assert main(["predict", "-i", str(sample_scan_path()), "-o", str(out), "--preseg-steps", "30"]) == 2
+    assert main(["predict", "-i", str(sample_scan_path()), "-o", str(out), "--preseg", "none",
+                 "--preseg-steps", "30"]) == 2
     assert "need --preseg unet or nnunet" in capsys.readouterr().err and not out.exists()
     assert main(["predict", "-i", str(sample_scan_path()), "-o", str(out), "--preseg", "nnunet"]) == 2
     assert "needs --preseg-model" in capsys.readouterr().err and not out.exists()

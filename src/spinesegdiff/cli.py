@@ -139,8 +139,9 @@ def _add_sampler_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_preseg_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preseg", choices=("none", "unet", "nnunet"), default="none",
-                        help="refine a presegmenter's mask instead of sampling from noise (default none)")
+    parser.add_argument("--preseg", choices=("none", "unet", "nnunet"),
+                        help="refine a presegmenter's mask (T_pre = 30, 2 DDIM steps) instead of sampling from "
+                             "noise (10 steps); default: unet with the shipped models, none with --model")
     parser.add_argument("--preseg-model", type=Path,
                         help="presegmenter: a U-Net run or checkpoint (unet; default the shipped U-Net) or an "
                              "nnU-Net 2d model folder (nnunet)")
@@ -154,11 +155,14 @@ def _presegmenter(args: argparse.Namespace):
     from spinesegdiff.errors import SpineSegDiffError
     from spinesegdiff.presegment import load_presegmenter
 
-    if args.preseg == "none":
+    kind = args.preseg
+    if kind is None:  # the shipped pipeline refines the shipped U-Net's mask; a user's own model samples
+        kind = "unet" if getattr(args, "model", None) is None else "none"
+    if kind == "none":
         if args.preseg_model is not None or args.preseg_steps is not None:
             raise SpineSegDiffError("--preseg-model and --preseg-steps need --preseg unet or nnunet")
         return None
-    return load_presegmenter(args.preseg, args.preseg_model, device=str(resolve_device(args.device, quiet=True)))
+    return load_presegmenter(kind, args.preseg_model, device=str(resolve_device(args.device, quiet=True)))
 
 
 def _sampler_settings(args: argparse.Namespace):
@@ -294,7 +298,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from spinesegdiff.ablation import ablation_table, run_ablation
     from spinesegdiff.errors import SpineSegDiffError
 
-    if args.preseg == "none":
+    if args.preseg in (None, "none"):
         raise SpineSegDiffError("the ablation needs a presegmenter: --preseg unet or nnunet")
     args.preseg_steps = None
     presegmenter = _presegmenter(args)

@@ -179,12 +179,18 @@ def segment(
     volume: bool = False,
     segmenter: Segmenter | None = None,
     quiet: bool = False,
+    preseg: str | None = None,
+    preseg_model: str | Path | None = None,
 ) -> ScanSegmentation:
     """Segment one scan: :func:`load_scan`, then :func:`segment_loaded`.
 
     Args:
         image: a path (.mha, .nii(.gz), .nrrd, DICOM folder) or ``(array_zyx, geometry)``.
-        model: checkpoint file or run folder; ``None`` = the shipped model.
+        model: checkpoint file or run folder; ``None`` = the shipped model (the shipped refiner with a
+            presegmenter).
+        preseg: ``none``, ``unet`` or ``nnunet``; default ``unet`` (the shipped U-Net's mask refined from
+            ``T_pre = 30``) when ``model`` is ``None``, else ``none`` (sampling from noise).
+        preseg_model: the presegmenter's model (a U-Net run, or an nnU-Net 2d model folder).
         device: ``auto``, ``cpu`` or ``cuda``.
         settings: sampler settings (S = 15 samples, K = Ts = 10 steps by default).
         volume: segment every sagittal slice instead of the central one.
@@ -198,7 +204,13 @@ def segment(
     scan = load_scan(image, volume=volume)
     if segmenter is None:
         mark = time.perf_counter()
-        segmenter = Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet)
+        from spinesegdiff.devices import resolve_device
+        from spinesegdiff.presegment import load_presegmenter
+
+        kind = preseg or ("unet" if model is None else "none")
+        presegmenter = load_presegmenter(kind, preseg_model, device=str(resolve_device(device, quiet=True)))
+        segmenter = Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet,
+                                              presegmenter=presegmenter)
         scan.timings["load_model_s"] = time.perf_counter() - mark
     return segment_loaded(scan, segmenter)
 

@@ -80,7 +80,8 @@ class PredictionSet:
         name: the system's name in tables.
         cases: ``N`` case names.
         labels: ``(N, 320, 320)`` uint8 classes 0-3.
-        class_probabilities: ``(N, 4, 320, 320)`` float16, summing to 1.
+        class_probabilities: ``(N, 4, 320, 320)`` float16, summing to 1 (diffusion systems: the fused structure
+            probabilities normalised over the classes).
         uncertainty: ``(N, 320, 320)`` float16 in [0, 1].
         seconds_per_slice: prediction time.
         description: what ran (model, sampler settings).
@@ -145,7 +146,8 @@ def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fo
 
             presegmenter = None
             if spec.preseg is not None:
-                presegmenter = load_presegmenter(spec.preseg, spec.preseg_path, device="cpu")
+                presegmenter = load_presegmenter(spec.preseg, spec.preseg_path,
+                                                 device="cpu" if device == "auto" else device)
             from dataclasses import replace
 
             from spinesegdiff.inference import SamplerSettings
@@ -157,7 +159,15 @@ def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fo
             segmenter.segment(images[:1])  # warm-up: one-time runtime set-up is not per-slice time
             started = time.perf_counter()
             result = segmenter.segment(images)
-            probs, uncertainty = result.class_probabilities, result.uncertainty
+            # calibration is judged on the fused structure probabilities normalised to classes: the paper's
+            # softmax over scores in [0, 1] is never sharper than e : 1 : 1 : 1 and reads as miscalibrated by
+            # construction; the argmax is the same either way
+            import torch
+
+            from spinesegdiff.sampling import class_probabilities
+
+            probs = class_probabilities(torch.from_numpy(result.probabilities), "normalise").numpy()
+            uncertainty = result.uncertainty
             description = {"system": f"diffusion ({config.variant})", "run": str(spec.path),
                            "sampler": segmenter.describe()}
     seconds = (time.perf_counter() - started) / max(1, len(images))
