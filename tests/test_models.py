@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spinesegdiff.models import (
+    DIFFUSION_VARIANTS,
     VARIANTS,
     IISDMNet,
     ModelConfig,
@@ -27,7 +28,7 @@ def _inputs(batch: int, samples: int = 1, size: int = 16) -> tuple[torch.Tensor,
     return image, x_t, t
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", DIFFUSION_VARIANTS)
 @pytest.mark.parametrize("size", [16, 32])
 def test_output_shape_for_every_variant(variant: str, size: int) -> None:
     torch.manual_seed(0)
@@ -116,7 +117,7 @@ def test_iisdm_is_zero_initialised_and_trainable() -> None:
     assert net.out[-1].weight.grad is not None and net.out[-1].weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", DIFFUSION_VARIANTS)
 def test_bad_spatial_size_raises(variant: str) -> None:
     net = build_model(preset_config("tiny", variant))  # depth 4: sizes must be multiples of 8
     with pytest.raises(ValueError, match="divisible by 8"):
@@ -167,7 +168,7 @@ def test_config_is_frozen_and_keyword_only() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"variant": "unet"}, "variant must be one of"),
+        ({"variant": "segformer"}, "variant must be one of"),
         ({"widths": (8,)}, "at least two"),
         ({"widths": (8, 0)}, "at least two positive"),
         ({"time_embed_dim": 12}, "multiple of 8"),
@@ -216,3 +217,13 @@ def test_gradients_reach_both_encoders() -> None:
     first_denoiser = net.down[0].conv1.conv.weight.grad
     assert first_ie is not None and first_ie.abs().sum() > 0
     assert first_denoiser is not None and first_denoiser.abs().sum() > 0
+
+
+def test_segmentation_unet_refuses_bad_sizes_and_other_variants() -> None:
+    from spinesegdiff.models import SegmentationUNet
+
+    net = build_model(preset_config("tiny", "unet"))
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.zeros(1, 1, 20, 16))
+    with pytest.raises(ValueError, match="builds variant 'unet'"):
+        SegmentationUNet(preset_config("tiny", "spinesegdiff"))

@@ -18,7 +18,7 @@ from spinesegdiff.spider import CONTRAST_SETS
 
 # kept here so that --help needs no torch import; tests check them against spinesegdiff.models.config
 PRESETS = ("paper", "compact", "tiny")
-VARIANTS = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm")
+VARIANTS = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm", "unet")
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -4,7 +4,14 @@ Every network is called as ``net(x_t, t, image=y, image_features=None)`` with th
 and the noisy mask ``x_t``; :func:`model_prediction_type` says whether the output is ``x0`` logits or noise.
 """
 
-from spinesegdiff.models.config import NORMS, PRESETS, VARIANTS, ModelConfig, preset_config
+from spinesegdiff.models.config import (
+    DIFFUSION_VARIANTS,
+    NORMS,
+    PRESETS,
+    VARIANTS,
+    ModelConfig,
+    preset_config,
+)
 from spinesegdiff.models.factory import (
     build_model,
     count_parameters,
@@ -16,6 +23,7 @@ from spinesegdiff.models.segmentation_unet import SegmentationUNet
 from spinesegdiff.models.spinesegdiff_net import ImageEncoder, SpineSegDiffNet
 
 __all__ = [
+    "DIFFUSION_VARIANTS",
     "NORMS",
     "PRESETS",
     "VARIANTS",
