@@ -90,3 +90,12 @@ def make_spider_folder(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture
+def small_cache(make_spider_folder, tmp_path: Path):
+    """A cache of 8 phantom patients (one T2 series each, 3 slices of 96 x 80)."""
+    from spinesegdiff.cache import build_cache
+
+    root = make_spider_folder([(str(p), "t2") for p in range(1, 9)], shape=(3, 96, 80))
+    return build_cache(root, tmp_path / "cache", progress=False)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from spinesegdiff.cache import build_cache
 from spinesegdiff.inference import SamplerSettings, Segmenter
 from spinesegdiff.models import ModelConfig, build_model, preset_config
 from spinesegdiff.presegment import (
@@ -21,12 +20,6 @@ from spinesegdiff.training import TrainConfig, fold_data, train
 
 TINY_UNET = {"variant": "unet", "widths": [8, 8, 16], "time_embed_dim": 32}
 TINY_DIFFUSION = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32)
-
-
-@pytest.fixture
-def small_cache(make_spider_folder, tmp_path: Path):
-    root = make_spider_folder([(str(p), "t2") for p in range(1, 9)], shape=(3, 96, 80))
-    return build_cache(root, tmp_path / "cache", progress=False)
 
 
 def _config(cache_root: Path, out: Path, **overrides) -> TrainConfig:

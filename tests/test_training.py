@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from spinesegdiff.augment import AugmentConfig, augment_batch, invert_contrast, random_remap
-from spinesegdiff.cache import build_cache
 from spinesegdiff.checkpoint import export_weights, load_checkpoint, load_model
 from spinesegdiff.cli import main
 from spinesegdiff.errors import InputError
@@ -18,12 +17,6 @@ from spinesegdiff.splits import patient_of
 from spinesegdiff.training import TrainConfig, fold_data, train
 
 TINY_MODEL = {"variant": "spinesegdiff", "widths": [8, 8, 16], "time_embed_dim": 32}
-
-
-@pytest.fixture
-def small_cache(make_spider_folder, tmp_path: Path):
-    root = make_spider_folder([(str(p), "t2") for p in range(1, 9)], shape=(3, 96, 80))
-    return build_cache(root, tmp_path / "cache", progress=False)
 
 
 def _config(cache_root: Path, out: Path, **overrides) -> TrainConfig:

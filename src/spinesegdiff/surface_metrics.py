@@ -32,8 +32,9 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]) ->
     return to_b[surface_a], to_a[surface_b]
 
 
-def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """95th percentile of the symmetric surface distances (mm); 0 if both masks are empty, inf if one is."""
+def _all_distances(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None
+                   ) -> np.ndarray | float:
+    """Both directions' surface distances concatenated, or 0.0 (both empty) / inf (one empty)."""
     prediction, truth = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
     if prediction.shape != truth.shape:
         raise ValueError(f"shapes differ: {prediction.shape} vs {truth.shape}")
@@ -41,21 +42,19 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | N
         return 0.0
     if not prediction.any() or not truth.any():
         return float("inf")
-    forward, backward = surface_distances(prediction, truth, spacing or (1.0,) * prediction.ndim)
-    return float(np.percentile(np.concatenate([forward, backward]), 95))
+    return np.concatenate(surface_distances(prediction, truth, spacing or (1.0,) * prediction.ndim))
+
+
+def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """95th percentile of the symmetric surface distances (mm); 0 if both masks are empty, inf if one is."""
+    distances = _all_distances(prediction, truth, spacing)
+    return distances if isinstance(distances, float) else float(np.percentile(distances, 95))
 
 
 def assd(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None) -> float:
     """Mean of all surface distances in both directions (mm); 0 if both masks are empty, inf if one is."""
-    prediction, truth = np.asarray(prediction, dtype=bool), np.asarray(truth, dtype=bool)
-    if prediction.shape != truth.shape:
-        raise ValueError(f"shapes differ: {prediction.shape} vs {truth.shape}")
-    if not prediction.any() and not truth.any():
-        return 0.0
-    if not prediction.any() or not truth.any():
-        return float("inf")
-    forward, backward = surface_distances(prediction, truth, spacing or (1.0,) * prediction.ndim)
-    return float(np.concatenate([forward, backward]).mean())
+    distances = _all_distances(prediction, truth, spacing)
+    return distances if isinstance(distances, float) else float(distances.mean())
 
 
 def distances_per_class(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None,
