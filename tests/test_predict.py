@@ -225,5 +225,6 @@ def test_shipped_model_regression_guard(spider_subset: Path) -> None:
 def test_predict_help_lists_the_options() -> None:
     result = predict("--help")
     assert result.returncode == 0
-    for option in ("--volume", "--samples", "--fuse-steps", "--device", "--format", "--model", "--seed"):
+    for option in ("--volume", "--samples", "--fuse-steps", "--device", "--format", "--model", "--seed", "--preseg",
+                   "--preseg-model", "--preseg-steps", "--backend"):
         assert option in result.stdout
