@@ -36,16 +36,12 @@ def run_ablation(run_dir: str | Path, presegmenter: Presegmenter, *, t_pre: Sequ
     from tqdm.auto import tqdm
 
     from spinesegdiff.checkpoint import resolve_model_file
-    from spinesegdiff.training import TrainConfig, fold_data, open_data
+    from spinesegdiff.training import held_out_slices
 
     run_dir = Path(run_dir)
     model_file = resolve_model_file(run_dir / checkpoint if (run_dir / checkpoint).exists() else run_dir)
     base = Segmenter.from_checkpoint(model_file, device=device, settings=settings, quiet=quiet)
-    config = TrainConfig.from_dict(base.train_config)
-    cache = open_data(config, quiet=True)
-    test = fold_data(config, cache).test
-    if not test:
-        raise ValueError(f"{run_dir}: the run has no test fold (trained with --fold all)")
+    config, cache, test = held_out_slices(base.train_config, run_dir)
     total = base.scheduler.num_train_timesteps
     rows, per_case = [], []
     for value in t_pre:

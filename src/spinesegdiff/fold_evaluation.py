@@ -51,18 +51,14 @@ def evaluate_test_fold(run_dir: str | Path, *, settings: SamplerSettings | None 
     ``test_cases.csv`` into the run folder."""
     from tqdm.auto import tqdm
 
-    from spinesegdiff.training import TrainConfig, fold_data, open_data
+    from spinesegdiff.training import held_out_slices
 
     run_dir = Path(run_dir)
     model_file = resolve_model_file(run_dir / checkpoint if (run_dir / checkpoint).exists() else run_dir)
     segmenter = Segmenter.from_checkpoint(model_file, device=device, settings=settings, quiet=quiet)
-    config = TrainConfig.from_dict(segmenter.train_config)
-    cache = open_data(config, quiet=True)
-    data = fold_data(config, cache)
-    if not data.test:
-        raise ValueError(f"{run_dir}: the run has no test fold (trained with --fold all)")
+    config, cache, test = held_out_slices(segmenter.train_config, run_dir)
     cases, model_scores, native_scores, seconds = [], [], [], 0.0
-    for index in tqdm(data.test, desc="test fold", unit="slice", disable=quiet):
+    for index in tqdm(test, desc="test fold", unit="slice", disable=quiet):
         entry = cache.entries[index]
         started = time.perf_counter()
         result = segmenter.segment(np.asarray(cache.images[index])[None])

@@ -40,14 +40,17 @@ class UNetPresegmenter:
         net: a :class:`~spinesegdiff.models.SegmentationUNet` (any device).
         device: where to run it.
         batch: slices per forward pass.
+        train_config: the training settings saved with the weights (which patients it saw), if known.
     """
 
     name = "unet"
 
-    def __init__(self, net: torch.nn.Module, *, device: torch.device | str = "cpu", batch: int = 8) -> None:
+    def __init__(self, net: torch.nn.Module, *, device: torch.device | str = "cpu", batch: int = 8,
+                 train_config: dict | None = None) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.batch = batch
+        self.train_config = train_config
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu"
@@ -61,10 +64,10 @@ class UNetPresegmenter:
             file = default_presegmenter_path()
         else:
             file = resolve_model_file(path)
-        net, config, _ = load_model(file, map_location="cpu")
+        net, config, payload = load_model(file, map_location="cpu")
         if config.variant != "unet":
             raise InputError(file, f"is a {config.variant!r} model, not a segmentation U-Net (--variant unet)")
-        return cls(net, device=device)
+        return cls(net, device=device, train_config=payload.get("train_config"))
 
     @torch.inference_mode()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -124,12 +127,6 @@ def crossfit_parts(patients: Sequence[str], parts: int = 2, *, seed: int = 0) ->
         raise ValueError(f"parts must lie in 2..{len(unique)}, got {parts}")
     order = np.random.default_rng(seed).permutation(len(unique))
     return [sorted((unique[i] for i in order[k::parts]), key=lambda p: (len(p), p)) for k in range(parts)]
-
-
-def presegmentation_entropy(class_probabilities: np.ndarray) -> np.ndarray:
-    """``(N, 4, H, W)`` probabilities -> ``(N, H, W)`` entropy normalised to [0, 1] (divided by log 4)."""
-    p = np.clip(class_probabilities, 1e-8, 1.0)
-    return (-(p * np.log(p)).sum(axis=1) / np.log(p.shape[1])).astype(np.float32)
 
 
 def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str = "cpu") -> Presegmenter | None:

@@ -201,6 +201,20 @@ def fold_data(config: TrainConfig, cache: SliceCache) -> FoldData:
     )
 
 
+def held_out_slices(train_config: dict[str, Any], run: str | Path) -> tuple[TrainConfig, SliceCache, list[int]]:
+    """A run's settings, its cache, and the cache indices of its held-out test slices (central, not oblique).
+
+    Raises:
+        InputError: the run has no test fold (trained with ``--fold all``).
+    """
+    config = TrainConfig.from_dict(train_config)
+    cache = open_data(config, quiet=True)
+    test = fold_data(config, cache).test
+    if not test:
+        raise InputError(run, "the run has no test fold (trained with --fold all)")
+    return config, cache, test
+
+
 def batch_tensors(cache: SliceCache, indices: np.ndarray | list[int], device: torch.device,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached slices -> image ``(B, 1, H, W)`` float32 in [0, 1] and labels ``(B, H, W)`` int64."""
@@ -292,8 +306,7 @@ def load_crossfitted_presegmenter(config: TrainConfig, cache: SliceCache, device
     models, seen = [], []
     for path in config.preseg_models:
         presegmenter = UNetPresegmenter.from_checkpoint(path, device=device)
-        payload = load_checkpoint(resolve_model_file(path), map_location="cpu")
-        its_config = TrainConfig.from_dict(payload["train_config"])
+        its_config = TrainConfig.from_dict(presegmenter.train_config)
         its_data = fold_data(dataclasses.replace(its_config, data=config.data), cache)
         seen.append({cache.entries[i].patient for i in [*its_data.train, *its_data.validation]})
         models.append(presegmenter)

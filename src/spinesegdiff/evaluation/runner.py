@@ -14,7 +14,7 @@ from spinesegdiff.evaluation.systems import PredictionSet, SystemSpec, predict_s
 def _reference_fold(specs: Sequence[SystemSpec]):
     """The cache, fold number and test indices of the first spinesegdiff run (every run must agree)."""
     from spinesegdiff.checkpoint import load_checkpoint, resolve_model_file
-    from spinesegdiff.training import TrainConfig, fold_data, open_data
+    from spinesegdiff.training import held_out_slices
 
     runs = [s for s in specs if s.kind == "run"]
     if not runs:
@@ -22,12 +22,8 @@ def _reference_fold(specs: Sequence[SystemSpec]):
     reference = None
     for spec in runs:
         payload = load_checkpoint(resolve_model_file(spec.path), map_location="cpu")
-        config = TrainConfig.from_dict(payload["train_config"])
-        cache = open_data(config, quiet=True)
-        test = fold_data(config, cache).test
+        config, cache, test = held_out_slices(payload["train_config"], spec.path)
         cases = [cache.entries[i].case for i in test]
-        if not test:
-            raise SpineSegDiffError(f"{spec.path}: the run has no test fold (trained with --fold all)")
         if reference is None:
             reference = (cache, config.fold, test, cases)
         elif cases != reference[3]:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from spinesegdiff.errors import SpineSegDiffError
+from spinesegdiff.inference import SamplerSettings, Segmenter
+from spinesegdiff.sampling import class_probabilities, normalised_entropy
 
 
 @dataclass(frozen=True)
@@ -113,59 +116,49 @@ class PredictionSet:
                    arrays["uncertainty"], meta["seconds_per_slice"], meta.get("description", {}))
 
 
-def _entropy(class_probabilities: np.ndarray) -> np.ndarray:
-    from spinesegdiff.presegment import presegmentation_entropy
-
-    return presegmentation_entropy(class_probabilities)
+def _single_pass_uncertainty(class_probabilities: np.ndarray) -> np.ndarray:
+    """A single-pass system's uncertainty: the normalised class entropy (the sampler's own measure)."""
+    return normalised_entropy(torch.from_numpy(np.asarray(class_probabilities, dtype=np.float32))).numpy()
 
 
 def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fold: int, device: str = "auto",
-                   settings=None, quiet: bool = True) -> PredictionSet:
+                   settings: SamplerSettings | None = None, quiet: bool = True) -> PredictionSet:
     """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold."""
     from spinesegdiff.checkpoint import load_model, resolve_model_file
+    from spinesegdiff.devices import resolve_device
     from spinesegdiff.presegment import UNetPresegmenter, load_presegmenter
 
+    target = str(resolve_device(device, quiet=True))
     if spec.kind == "nnunet":
         from spinesegdiff.nnunet import NnUNetPresegmenter
 
-        model = NnUNetPresegmenter(spec.path, fold=fold, device="cpu" if device == "auto" else device)
+        model = NnUNetPresegmenter(spec.path, fold=fold, device=target)
         started = time.perf_counter()
         probs = model(images)
+        uncertainty = _single_pass_uncertainty(probs)
         description = {"system": "nnU-Net v2 2d", "folder": str(spec.path), "fold": fold}
-        uncertainty = _entropy(probs)
     else:
-        _, config, _ = load_model(resolve_model_file(spec.path), map_location="cpu")
+        net, config, _ = load_model(resolve_model_file(spec.path), map_location="cpu")
         if config.variant == "unet":
-            unet = UNetPresegmenter.from_checkpoint(spec.path, device="cpu" if device == "auto" else device)
+            unet = UNetPresegmenter(net, device=target)
             started = time.perf_counter()
             probs = unet(images)
-            uncertainty = _entropy(probs)
+            uncertainty = _single_pass_uncertainty(probs)
             description = {"system": "built-in U-Net", "run": str(spec.path)}
         else:
-            from spinesegdiff.inference import Segmenter
-
             presegmenter = None
             if spec.preseg is not None:
-                presegmenter = load_presegmenter(spec.preseg, spec.preseg_path,
-                                                 device="cpu" if device == "auto" else device)
-            from dataclasses import replace
-
-            from spinesegdiff.inference import SamplerSettings
-
-            settings = replace(settings or SamplerSettings(), preseg_steps=spec.t_pre,
-                               fusion=spec.fusion or (settings.fusion if settings else None))
-            segmenter = Segmenter.from_checkpoint(spec.path, device=device, settings=settings, quiet=quiet,
-                                                  presegmenter=presegmenter)
+                presegmenter = load_presegmenter(spec.preseg, spec.preseg_path, device=target)
+            base = settings or SamplerSettings()
+            segmenter = Segmenter.from_checkpoint(
+                spec.path, device=device, quiet=quiet, presegmenter=presegmenter,
+                settings=replace(base, preseg_steps=spec.t_pre, fusion=spec.fusion or base.fusion))
             segmenter.segment(images[:1])  # warm-up: one-time runtime set-up is not per-slice time
             started = time.perf_counter()
             result = segmenter.segment(images)
             # calibration is judged on the fused structure probabilities normalised to classes: the paper's
             # softmax over scores in [0, 1] is never sharper than e : 1 : 1 : 1 and reads as miscalibrated by
             # construction; the argmax is the same either way
-            import torch
-
-            from spinesegdiff.sampling import class_probabilities
-
             probs = class_probabilities(torch.from_numpy(result.probabilities), "normalise").numpy()
             uncertainty = result.uncertainty
             description = {"system": f"diffusion ({config.variant})", "run": str(spec.path),
