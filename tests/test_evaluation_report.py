@@ -15,10 +15,10 @@ from spinesegdiff.training import TrainConfig, train
 TINY = {"widths": [8, 8, 16], "time_embed_dim": 32}
 
 
-def _train(cache_root: Path, out: Path, variant: str) -> Path:
+def _train(cache_root: Path, out: Path, variant: str, fold: int = 0) -> Path:
     config = TrainConfig(data=str(cache_root), out=str(out), model={"variant": variant, **TINY}, epochs=1,
                          batch_size=2, val_every=1, val_samples=1, val_steps=2, val_fuse_steps=2, num_folds=3,
-                         fold=0, val_fraction=0.2)
+                         fold=fold, val_fraction=0.2)
     return train(config, progress=False, stop_after_steps=1)
 
 
@@ -40,6 +40,8 @@ def test_system_specs_parse_and_reject() -> None:
     assert spec.kind == "run" and spec.preseg == "unet" and spec.t_pre == 100 and spec.preseg_path == Path("runs/u")
     assert SystemSpec.parse("nn=nnunet:results/x").kind == "nnunet"
     assert SystemSpec.parse("Diff-UNet 2D=runs/r,fusion=uncertainty").fusion == "uncertainty"
+    per_fold = SystemSpec.parse("r=runs/r{fold},preseg=unet:runs/u{fold}").for_fold(3)
+    assert per_fold.path == Path("runs/r3") and per_fold.preseg_path == Path("runs/u3")
     from spinesegdiff.errors import SpineSegDiffError
 
     for bad in ("noequals", "x=runs/r,t_pre=30", "x=runs/r,preseg=foo:bar", "x=runs/r,colour=red",
@@ -73,3 +75,33 @@ def test_evaluate_writes_tables_figures_and_an_offline_page(make_spider_folder, 
     # a second run reuses the saved predictions
     assert main(["evaluate", "--system", f"SpineSegDiff={diffusion}", "--out", str(out), "--reuse", "--quiet",
                  "--metadata", str(tmp_path / "absent")]) == 0
+
+
+def test_cross_validated_evaluation_scores_every_patient_once(make_spider_folder, tmp_path: Path, capsys) -> None:
+    import json
+
+    root = make_spider_folder([(str(p), "t2") for p in range(1, 10)], shape=(3, 96, 80))
+    cache = build_cache(root, tmp_path / "cache", progress=False)
+    for fold in range(3):
+        _train(cache.root, tmp_path / f"unet-fold{fold}", "unet", fold=fold)
+    metadata = _gradings(tmp_path / "metadata", list(range(1, 10)))
+    out = tmp_path / "cv"
+    code = main(["evaluate", "--system", f"U-Net={tmp_path / 'unet-fold{fold}'}", "--folds", "0-2", "--out", str(out),
+                 "--metadata", str(metadata), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rows = list(csv.DictReader((out / "cases.csv").open()))
+    assert sorted(int(r["patient"]) for r in rows) == list(range(1, 10))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds"] == [0, 1, 2] and summary["num_patients"] == 9
+    assert "9 / 0" not in (out / "pathology.md").read_text()  # both groups hold patients
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["fold0", "fold1", "fold2"]
+    # one run for every fold is refused in one line
+    bad = tmp_path / "bad"
+    assert main(["evaluate", "--system", f"U-Net={tmp_path / 'unet-fold0'}", "--folds", "0,1", "--out", str(bad),
+                 "--quiet"]) != 0
+    message = capsys.readouterr().err.strip()
+    assert "test fold 0, not 1" in message and "{fold}" in message and len(message.splitlines()) == 1
+    assert not bad.exists()
+    assert main(["evaluate", "--system", f"U-Net={tmp_path / 'unet-fold0'}", "--folds", "x", "--out", str(bad),
+                 "--quiet"]) != 0
+    assert "--folds" in capsys.readouterr().err

@@ -314,6 +314,24 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_folds(text: str | None) -> list[int] | None:
+    """``"0,1,2"`` or ``"0-4"`` -> fold numbers; ``None`` stays ``None`` (the runs' own fold)."""
+    from spinesegdiff.errors import SpineSegDiffError
+
+    if text is None:
+        return None
+    folds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, sep, last = part.strip().partition("-")
+            folds.extend(range(int(first), int(last) + 1) if sep else [int(first)])
+    except ValueError:
+        raise SpineSegDiffError(f"--folds {text!r}: expected fold numbers such as 0,1,2 or 0-4") from None
+    if not folds or min(folds) < 0:
+        raise SpineSegDiffError(f"--folds {text!r}: expected fold numbers such as 0,1,2 or 0-4")
+    return folds
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from spinesegdiff.evaluation.runner import run_evaluation
     from spinesegdiff.evaluation.systems import SystemSpec
@@ -323,7 +341,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     command = "spinesegdiff " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
     page = run_evaluation(specs, args.out, metadata=metadata, ablation_files=args.ablation,
                           settings=_sampler_settings(args), device=args.device, reuse=args.reuse,
-                          commands=[command] if command else [], quiet=args.quiet)
+                          folds=_parse_folds(args.folds), commands=[command] if command else [], quiet=args.quiet)
     print(f"report: {page} (tables .md/.csv/.tex, cases.csv, figures/ beside it)")
     if metadata is None:
         print("no pathology analysis: --metadata folder with radiological_gradings.csv not found")
@@ -454,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder with radiological_gradings.csv for the pathology analysis")
     ev.add_argument("--ablation", type=Path, action="append", default=[],
                     help="ablation.json written by spinesegdiff ablate (repeat)")
+    ev.add_argument("--folds", help="cross-validate over these test folds (0-4 or 0,1,2): each fold is predicted "
+                                    "by its own models, named with {fold} in a system's paths")
     ev.add_argument("--reuse", action="store_true", help="reuse predictions already in OUT/predictions")
     _add_sampler_options(ev)
     ev.add_argument("--device", choices=DEVICE_CHOICES, default="auto")

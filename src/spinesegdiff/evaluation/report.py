@@ -148,8 +148,12 @@ def _choose_cases(rows: list[dict], system: str) -> tuple[list[str], dict[str, s
 def build_report(predictions: Sequence[PredictionSet], *, images: dict[str, np.ndarray],
                  truth: dict[str, np.ndarray], contrast: dict[str, str], out: Path,
                  flags: dict[str, dict[str, bool]] | None = None, ablations: Sequence[dict] = (),
-                 commands: Sequence[str] = (), title: str = "SpineSegDiff evaluation") -> Path:
-    """Score, tabulate, plot and write the report; returns the HTML page's path."""
+                 commands: Sequence[str] = (), folds: Sequence[int] = (),
+                 title: str = "SpineSegDiff evaluation") -> Path:
+    """Score, tabulate, plot and write the report; returns the HTML page's path.
+
+    ``folds`` names the held-out folds the cases come from (recorded in ``summary.json`` and the page).
+    """
     from spinesegdiff.evaluation import figures
 
     out.mkdir(parents=True, exist_ok=True)
@@ -192,6 +196,7 @@ def build_report(predictions: Sequence[PredictionSet], *, images: dict[str, np.n
                                                              out / "figures" / "uncertainty_vs_dice.png")
     figure_paths["Case uncertainty against Dice"] = scatter
     summary = {"systems": systems, "primary": primary.name, "num_cases": len(primary.cases),
+               "num_patients": len({str(r["patient"]) for r in primary_rows}), "folds": list(folds),
                "uncertainty_dice_correlation": {"pearson": pearson, "spearman": spearman},
                "pathology_rule": "present when graded at any disc level; degeneration: Pfirrmann >= 4",
                "commands": list(commands), "citation": CITATION}
@@ -199,10 +204,19 @@ def build_report(predictions: Sequence[PredictionSet], *, images: dict[str, np.n
     return _write_html(out, title, tables, timing, figure_paths, summary)
 
 
+def _folds_phrase(folds: Sequence[int]) -> str:
+    if not folds:
+        return ""
+    if len(folds) == 1:
+        return f" (test fold {folds[0]})"
+    return f" (test folds {', '.join(map(str, folds))}, each predicted by the models of its own fold)"
+
+
 def _write_html(out: Path, title: str, tables: dict[str, Table], timing: Table, figure_paths: dict[str, Path],
                 summary: dict) -> Path:
     sections = [f"<h1>{html.escape(title)}</h1>",
-                f"<p>{summary['num_cases']} held-out central sagittal slices; primary system "
+                f"<p>{summary['num_cases']} held-out central sagittal slices of {summary['num_patients']} "
+                f"patients{_folds_phrase(summary['folds'])}; primary system "
                 f"<b>{html.escape(summary['primary'])}</b>. {html.escape(CITATION)}</p>"]
     names = {"table1": "Table 1: Dice per system", "distances": "Boundary distances",
              "uncertainty": "Uncertainty quality", "table2": "Table 2: presegmentation ablation",

@@ -10,6 +10,9 @@ A system is named on the command line as ``NAME=SPEC``:
 * ``fusion=exp|uncertainty`` overrides a diffusion run's fusion of the last steps (``uncertainty`` is Diff-UNet
   2D's, which shares SpineSegDiff's network and training).
 
+For a cross-validated evaluation (``--folds``) a path may hold ``{fold}``, replaced by each fold's number
+(``U-Net=runs/unet-fold{fold}``); an nnU-Net folder already holds every fold as ``fold_<k>``.
+
 :func:`predict_system` returns a :class:`PredictionSet`: per slice the label map, the class probabilities and
 the uncertainty map (entropy for single-pass systems), saved as ``<name>.npz`` so a report can be rebuilt
 without sampling again.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,6 +78,14 @@ class SystemSpec:
             raise SpineSegDiffError(f"system {name}: fusion must be exp or uncertainty, got {fusion!r}")
         return cls(name.strip(), "run", Path(head), preseg, preseg_path, t_pre, fusion)
 
+    def for_fold(self, fold: int) -> SystemSpec:
+        """This system with ``{fold}`` in its paths replaced by ``fold``."""
+
+        def fill(path: Path | None) -> Path | None:
+            return None if path is None else Path(str(path).replace("{fold}", str(fold)))
+
+        return replace(self, path=fill(self.path), preseg_path=fill(self.preseg_path))
+
 
 @dataclass
 class PredictionSet:
@@ -107,6 +119,20 @@ class PredictionSet:
             {"name": self.name, "cases": self.cases, "seconds_per_slice": self.seconds_per_slice,
              "description": self.description}, indent=2, default=str))
         return path
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[PredictionSet]) -> PredictionSet:
+        """One system's predictions on several folds as one set (cases in the order of ``parts``)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        counts = [len(part.cases) for part in parts]
+        return cls(parts[0].name, [case for part in parts for case in part.cases],
+                   np.concatenate([part.labels for part in parts]),
+                   np.concatenate([part.class_probabilities for part in parts]),
+                   np.concatenate([part.uncertainty for part in parts]),
+                   float(np.average([part.seconds_per_slice for part in parts], weights=counts)),
+                   {**parts[0].description, "parts": [part.description for part in parts]} if len(parts) > 1
+                   else parts[0].description)
 
     @classmethod
     def load(cls, folder: Path, name: str) -> PredictionSet:
