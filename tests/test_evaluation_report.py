@@ -44,7 +44,7 @@ def test_system_specs_parse_and_reject() -> None:
     assert per_fold.path == Path("runs/r3") and per_fold.preseg_path == Path("runs/u3")
     from spinesegdiff.errors import SpineSegDiffError
 
-    for bad in ("noequals", "x=runs/r,t_pre=30", "x=runs/r,preseg=foo:bar", "x=runs/r,colour=red",
+    for bad in ("noequals", "w/o IE=runs/r", "x=runs/r,t_pre=30", "x=runs/r,preseg=foo:bar", "x=runs/r,colour=red",
                 "x=runs/r,fusion=max"):
         with pytest.raises(SpineSegDiffError):
             SystemSpec.parse(bad)

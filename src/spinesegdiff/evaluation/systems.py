@@ -52,6 +52,8 @@ class SystemSpec:
         if not sep or not name.strip() or not spec.strip():
             raise SpineSegDiffError(f"system {text!r}: expected NAME=RUN, NAME=RUN,preseg=KIND:PATH,t_pre=N or "
                                     "NAME=nnunet:FOLDER")
+        if any(character in name for character in "/\\"):
+            raise SpineSegDiffError(f"system {name!r}: a name cannot hold / or \\ (it names the prediction files)")
         head, *options = [part.strip() for part in spec.split(",")]
         values = {}
         for option in options:

@@ -1,0 +1,74 @@
+"""How well each diffusion model recovers the mask from one noisy input, timestep by timestep.
+
+For every held-out slice of the runs' test fold, the ground-truth mask (in [-1, 1]) is noised to ``t`` with
+fixed noise, the network is called once, and its ``x0`` estimate (SpineSegDiff: ``2 sigmoid(logits) - 1``;
+IISDM: ``(x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)``) is thresholded at 0. The table prints the mean
+Dice over SC, VB and IVD at each ``t``. Sampling from noise starts at ``t = 999``, so a model that only
+recovers the mask at small ``t`` cannot segment from noise in a few DDIM steps, however low its training loss.
+
+    python benchmarks/x0_by_timestep.py --run runs/compact-fold0 --run runs/iisdm-fold0 [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from spinesegdiff.checkpoint import load_checkpoint, load_model, resolve_model_file
+from spinesegdiff.diffusion import add_noise
+from spinesegdiff.models import model_prediction_type
+from spinesegdiff.sampling import logits_to_x0
+from spinesegdiff.training import batch_tensors, held_out_slices, make_scheduler, one_hot_x0
+
+TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+
+
+def x0_dice_by_timestep(run: str, timesteps: tuple[int, ...] = TIMESTEPS, seed: int = 0) -> dict[int, float]:
+    """``{t: mean Dice of (x0_hat > 0) against the truth over slices and the three structures}``."""
+    model_file = resolve_model_file(run)
+    net, model_config, _ = load_model(model_file, map_location="cpu")
+    net.eval()
+    train_config, cache, test = held_out_slices(load_checkpoint(model_file, map_location="cpu")["train_config"], run)
+    scheduler = make_scheduler(train_config, model_config)
+    prediction_type = model_prediction_type(model_config)
+    image, labels = batch_tensors(cache, test, torch.device("cpu"))
+    truth = one_hot_x0(labels) > 0.5
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
+    scores = {}
+    with torch.inference_mode():
+        for t in timesteps:
+            steps = torch.full((len(test),), t)
+            x_t = add_noise(truth.float() * 2 - 1, noise, steps, scheduler.schedule)
+            output = torch.cat([net(x_t[i:i + 1], steps[i:i + 1], image=image[i:i + 1] * 2 - 1)
+                                for i in range(len(test))])
+            if prediction_type == "sample":
+                x0 = logits_to_x0(output)
+            else:
+                alpha_bar = scheduler.schedule.alphas_cumprod[t]
+                x0 = (x_t - (1 - alpha_bar) ** 0.5 * output) / alpha_bar**0.5
+            predicted = x0 > 0
+            overlap = (predicted & truth).sum(dim=(2, 3)).float()
+            sizes = predicted.sum(dim=(2, 3)).float() + truth.sum(dim=(2, 3)).float()
+            scores[t] = float(torch.where(sizes > 0, 2 * overlap / sizes.clamp_min(1), 1.0).mean())
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", required=True, help="run folder or checkpoint (repeat)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {run: x0_dice_by_timestep(run) for run in args.run}
+    print("mean Dice (SC, VB, IVD) of the one-call x0 estimate from the truth noised to t, held-out slices")
+    print("| run | " + " | ".join(f"t={t}" for t in TIMESTEPS) + " |")
+    print("|---|" + "---|" * len(TIMESTEPS))
+    for run, scores in results.items():
+        print(f"| {run} | " + " | ".join(f"{scores[t]:.3f}" for t in TIMESTEPS) + " |")
+    print(f"(numpy {np.__version__}, torch {torch.__version__}, {args.threads} threads)")
+
+
+if __name__ == "__main__":
+    main()
