@@ -105,3 +105,20 @@ def test_error_detection_ueo_calibration_and_brier() -> None:
     probs[0], probs[1] = 0.8, 0.2
     labels = np.array([[0] * 8 + [1] * 2])
     assert expected_calibration_error(probs, labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pathology_tests_need_three_patients_per_group_and_average_per_patient() -> None:
+    from spinesegdiff.evaluation.pathology import pathology_tests
+
+    dice = {1: 0.95, 2: 0.94, 3: 0.93, 4: 0.96, 5: 0.80, 6: 0.82, 7: 0.81, 8: 0.79}
+    # patient 1 has two cases (T1 and T2): they count once, as their mean (0.95)
+    rows = [{"patient": p, "dice_SC": v, "dice_VB": v, "dice_IVD": v} for p, v in dice.items()]
+    rows.append({"patient": 1, "dice_SC": 0.95, "dice_VB": 0.95, "dice_IVD": 0.95})
+    flags = {str(p): {"rare": p in (5, 6), "common": p >= 5} for p in dice}
+    tests = {(t["pathology"], t["structure"]): t for t in pathology_tests(rows, flags)}
+    rare, common = tests["rare", "SC"], tests["common", "SC"]
+    assert (rare["n_present"], rare["n_absent"]) == (2, 6) and np.isnan(rare["p"]) and not rare["significant"]
+    assert (common["n_present"], common["n_absent"]) == (4, 4)
+    assert common["p"] < 0.001 and common["significant"] and common["mean_present"] < common["mean_absent"]
+    # the family holds the three "common" tests only: BH over three equal p-values leaves them unchanged
+    assert common["q_bh"] == pytest.approx(common["p"])
