@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,8 +49,17 @@ def _checked_fold(specs: Sequence[SystemSpec], expected_fold: int | None):
     return reference
 
 
+class FoldPredictions(NamedTuple):
+    """One fold: its number, every system's predictions (in the order of the specs), and per case the image,
+    the ground truth and the contrast (``slices["images" | "truth" | "contrast"][case]``)."""
+
+    fold: int
+    predictions: list[PredictionSet]
+    slices: dict[str, dict]
+
+
 def _predict_fold(specs: Sequence[SystemSpec], reference, folder: Path, *, settings, device: str, reuse: bool,
-                  quiet: bool):
+                  quiet: bool) -> FoldPredictions:
     """Every system's predictions on one fold (saved in ``folder``), with that fold's slices."""
     cache, fold, test, cases = reference
     images = np.asarray(cache.images[np.asarray(test)])
@@ -70,7 +80,7 @@ def _predict_fold(specs: Sequence[SystemSpec], reference, folder: Path, *, setti
     slices = {"images": {c: np.asarray(cache.images[i]) for c, i in zip(cases, test, strict=True)},
               "truth": {c: np.asarray(cache.labels[i]) for c, i in zip(cases, test, strict=True)},
               "contrast": {c: entries[c].contrast for c in cases}}
-    return fold, predictions, slices
+    return FoldPredictions(fold, predictions, slices)
 
 
 def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | None = None,
@@ -98,8 +108,9 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
         plan.append((fold_specs, _checked_fold(fold_specs, fold), folder))
     per_fold = [_predict_fold(fold_specs, reference, folder, settings=settings, device=device, reuse=reuse,
                               quiet=quiet) for fold_specs, reference, folder in plan]
-    predictions = [PredictionSet.concatenate([part[1][index] for part in per_fold]) for index in range(len(specs))]
-    slices = {key: {case: value for part in per_fold for case, value in part[2][key].items()}
+    predictions = [PredictionSet.concatenate([part.predictions[index] for part in per_fold])
+                   for index in range(len(specs))]
+    slices = {key: {case: value for part in per_fold for case, value in part.slices[key].items()}
               for key in ("images", "truth", "contrast")}
     flags = None
     if metadata is not None:
@@ -109,4 +120,4 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
     ablations = [json.loads(Path(p).read_text()) for p in ablation_files]
     return build_report(predictions, images=slices["images"], truth=slices["truth"], contrast=slices["contrast"],
                         out=out, flags=flags, ablations=ablations, commands=commands,
-                        folds=[part[0] for part in per_fold])
+                        folds=[part.fold for part in per_fold])
