@@ -14,10 +14,10 @@ import argparse
 
 import numpy as np
 
-from spinesegdiff.inference import SamplerSettings, Segmenter
-from spinesegdiff.metrics import dice_per_class
-from spinesegdiff.phantom import make_phantom
-from spinesegdiff.preprocess import prepare_scan
+from spinesegdiff.data.phantom import make_phantom
+from spinesegdiff.data.preprocess import prepare_scan
+from spinesegdiff.evaluation.metrics import dice_per_class
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
 
 def main() -> None:

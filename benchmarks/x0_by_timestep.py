@@ -16,11 +16,11 @@ import argparse
 import numpy as np
 import torch
 
-from spinesegdiff.checkpoint import load_checkpoint, load_model, resolve_model_file
 from spinesegdiff.diffusion import add_noise
 from spinesegdiff.models import model_prediction_type
-from spinesegdiff.sampling import logits_to_x0
-from spinesegdiff.training import batch_tensors, held_out_slices, make_scheduler, one_hot_x0
+from spinesegdiff.models.checkpoint import load_checkpoint, load_model, resolve_model_file
+from spinesegdiff.pipelines.sampling import logits_to_x0
+from spinesegdiff.training.loop import batch_tensors, held_out_slices, make_scheduler, one_hot_x0
 
 TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 

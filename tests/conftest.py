@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from spinesegdiff.io import write_image
-from spinesegdiff.labels import DISC, SPINAL_CANAL, VERTEBRA
-from spinesegdiff.phantom import make_phantom
+from spinesegdiff.data.io import write_image
+from spinesegdiff.data.labels import DISC, SPINAL_CANAL, VERTEBRA
+from spinesegdiff.data.phantom import make_phantom
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SPINESEGDIFF_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -95,7 +95,7 @@ def make_spider_folder(tmp_path: Path):
 @pytest.fixture
 def small_cache(make_spider_folder, tmp_path: Path):
     """A cache of 8 phantom patients (one T2 series each, 3 slices of 96 x 80)."""
-    from spinesegdiff.cache import build_cache
+    from spinesegdiff.data.cache import build_cache
 
     root = make_spider_folder([(str(p), "t2") for p in range(1, 9)], shape=(3, 96, 80))
     return build_cache(root, tmp_path / "cache", progress=False)

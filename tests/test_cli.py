@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinesegdiff.cache import load_cache
 from spinesegdiff.cli import main
-from spinesegdiff.io import Geometry, read_image, write_image
+from spinesegdiff.data.cache import load_cache
+from spinesegdiff.data.io import Geometry, read_image, write_image
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

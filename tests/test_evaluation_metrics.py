@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from spinesegdiff.statistics import benjamini_hochberg, welch_t_test
-from spinesegdiff.surface_metrics import assd, distances_per_class, hd95
-from spinesegdiff.uncertainty_metrics import (
+from spinesegdiff.evaluation.statistics import benjamini_hochberg, welch_t_test
+from spinesegdiff.evaluation.surface_metrics import assd, distances_per_class, hd95
+from spinesegdiff.evaluation.uncertainty_metrics import (
     auroc,
     average_precision,
     brier_score,

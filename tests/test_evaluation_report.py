@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from spinesegdiff.cache import build_cache
 from spinesegdiff.cli import main
+from spinesegdiff.data.cache import build_cache
 from spinesegdiff.evaluation.systems import SystemSpec
-from spinesegdiff.training import TrainConfig, train
+from spinesegdiff.training.loop import TrainConfig, train
 
 TINY = {"widths": [8, 8, 16], "time_embed_dim": 32}
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from spinesegdiff.cache import build_cache
-from spinesegdiff.inference import SamplerSettings, Segmenter
+from spinesegdiff.data.cache import build_cache
 from spinesegdiff.models import ModelConfig, build_model
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
 TINY = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32, patch_size=2)
 FAST = SamplerSettings(num_samples=2, num_steps=3, fuse_steps=2, precision="fp32", backend="torch")
@@ -53,7 +53,7 @@ def test_diffunet_variant_uses_uncertainty_fusion() -> None:
 
 def test_onnx_runtime_backend_matches_pytorch() -> None:
     pytest.importorskip("onnxruntime")
-    from spinesegdiff.onnx_backend import OnnxDenoiser
+    from spinesegdiff.pipelines.backends.onnx import OnnxDenoiser
 
     torch.manual_seed(1)
     net = build_model(TINY).eval()
@@ -72,7 +72,7 @@ def test_onnx_runtime_backend_matches_pytorch() -> None:
 
 def test_openvino_backend_matches_pytorch_and_reuses_its_cache(tmp_path: Path, monkeypatch) -> None:
     openvino = pytest.importorskip("openvino")
-    from spinesegdiff.openvino_backend import OpenVinoDenoiser
+    from spinesegdiff.pipelines.backends.openvino import OpenVinoDenoiser
 
     torch.manual_seed(1)
     net = build_model(TINY).eval()
@@ -103,9 +103,9 @@ def test_openvino_backend_matches_pytorch_and_reuses_its_cache(tmp_path: Path, m
 
 
 def test_backend_choice_follows_what_is_installed(monkeypatch) -> None:
-    from spinesegdiff import openvino_backend
+    from spinesegdiff.pipelines.backends import openvino as openvino_backend
     from spinesegdiff.errors import SpineSegDiffError
-    from spinesegdiff.inference import resolve_backend
+    from spinesegdiff.pipelines.segmenter import resolve_backend
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
@@ -121,8 +121,8 @@ def test_backend_choice_follows_what_is_installed(monkeypatch) -> None:
 
 
 def test_held_out_fold_evaluation(make_spider_folder, tmp_path: Path) -> None:
-    from spinesegdiff.fold_evaluation import evaluate_test_fold
-    from spinesegdiff.training import TrainConfig, train
+    from spinesegdiff.evaluation.fold_test import evaluate_test_fold
+    from spinesegdiff.training.loop import TrainConfig, train
 
     root = make_spider_folder([(str(p), "t2") for p in range(1, 7)], shape=(3, 96, 80))
     cache = build_cache(root, tmp_path / "cache", progress=False)
@@ -139,8 +139,8 @@ def test_held_out_fold_evaluation(make_spider_folder, tmp_path: Path) -> None:
 
 
 def test_benchmark_rows(tmp_path: Path) -> None:
-    from spinesegdiff.benchmark import run_benchmark
-    from spinesegdiff.checkpoint import save_checkpoint
+    from spinesegdiff.evaluation.benchmark import run_benchmark
+    from spinesegdiff.models.checkpoint import save_checkpoint
 
     net = build_model(TINY)
     model = save_checkpoint(tmp_path / "tiny.pt", {"model_config": TINY.to_dict(), "train_config": None,
@@ -156,7 +156,7 @@ def test_benchmark_rows(tmp_path: Path) -> None:
 
 
 def test_bfloat16_network_behind_the_float32_sampler() -> None:
-    from spinesegdiff.inference import resolve_precision
+    from spinesegdiff.pipelines.segmenter import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == torch.float32 and resolve_precision("bf16", cpu) == torch.bfloat16

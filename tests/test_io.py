@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from spinesegdiff.data.io import Geometry, check_same_grid, image_stem, read_image, write_image
 from spinesegdiff.errors import InputError, MissingInputError
-from spinesegdiff.io import Geometry, check_same_grid, image_stem, read_image, write_image
 
 OBLIQUE = Geometry(
     spacing=(0.7, 0.9, 3.3),

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from spinesegdiff.data.labels import detect_convention, one_hot_structures, to_classes
 from spinesegdiff.errors import InputError
-from spinesegdiff.labels import detect_convention, one_hot_structures, to_classes
 
 
 def test_spider_codes_map_to_classes() -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinesegdiff.losses import epsilon_loss, segmentation_loss, soft_dice_loss
+from spinesegdiff.training.losses import epsilon_loss, segmentation_loss, soft_dice_loss
 
 
 def _target() -> torch.Tensor:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spinesegdiff.labels import DISC, SPINAL_CANAL, VERTEBRA
-from spinesegdiff.phantom import make_phantom, phantom_batch
+from spinesegdiff.data.labels import DISC, SPINAL_CANAL, VERTEBRA
+from spinesegdiff.data.phantom import make_phantom, phantom_batch
 
 
 def _mean(phantom, cls: int) -> float:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinesegdiff.checkpoint import save_checkpoint
-from spinesegdiff.io import Geometry, read_image, write_image
+from spinesegdiff.data.io import Geometry, read_image, write_image
+from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.models import ModelConfig, build_model
-from spinesegdiff.phantom import make_phantom
+from spinesegdiff.models.checkpoint import save_checkpoint
 
 FAST = ["--samples", "2", "--steps", "2", "--fuse-steps", "2"]
 
@@ -184,7 +184,7 @@ def test_model_file_that_is_not_ours(tmp_path: Path) -> None:
 
 def test_python_api_on_an_array(tiny_model: Path) -> None:
     from spinesegdiff import segment
-    from spinesegdiff.inference import SamplerSettings
+    from spinesegdiff.pipelines.segmenter import SamplerSettings
 
     phantom = make_phantom(shape=(3, 160, 120), spacing=(1.5, 1.5, 3.0))
     result = segment((phantom.image, phantom.geometry), model=tiny_model, device="cpu",
@@ -209,9 +209,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 def test_shipped_model_regression_guard(spider_subset: Path) -> None:
     """Not an evaluation (the shipped model saw every shared patient): a guard against a broken model file."""
     from spinesegdiff import segment
-    from spinesegdiff.labels import to_classes
-    from spinesegdiff.metrics import dice_per_class
-    from spinesegdiff.preprocess import native_slice
+    from spinesegdiff.data.labels import to_classes
+    from spinesegdiff.data.preprocess import native_slice
+    from spinesegdiff.evaluation.metrics import dice_per_class
 
     case = "118_t2_SPACE.mha"
     truth = to_classes(read_image(spider_subset / "masks" / case)[0])

@@ -6,11 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spinesegdiff.errors import InputError
-from spinesegdiff.io import Geometry, read_image
-from spinesegdiff.labels import to_classes
-from spinesegdiff.phantom import PIR_DIRECTION, make_phantom
-from spinesegdiff.preprocess import (
+from spinesegdiff.data.io import Geometry, read_image
+from spinesegdiff.data.labels import to_classes
+from spinesegdiff.data.phantom import PIR_DIRECTION, make_phantom
+from spinesegdiff.data.preprocess import (
     Reorientation,
     SagittalGrid,
     native_slice,
@@ -22,6 +21,7 @@ from spinesegdiff.preprocess import (
     slices_to_volume,
     soft_labels_to_model,
 )
+from spinesegdiff.errors import InputError
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,7 +97,7 @@ def test_exact_inverse_at_native_spacing_on_an_oblique_phantom() -> None:
     geometry = Geometry(phantom.geometry.spacing, (3.0, -2.0, 1.0), tuple(direction))
     grid = plan_grid(phantom.labels.shape, geometry, model_size=128, model_spacing=1.0)
     assert 0 < grid.oblique_deg < 15
-    from spinesegdiff.preprocess import labels_to_model
+    from spinesegdiff.data.preprocess import labels_to_model
 
     indices = list(range(grid.num_sagittal))
     model = [labels_to_model(native_slice(phantom.labels, grid, i), grid) for i in indices]
@@ -119,7 +119,7 @@ def test_real_masks_round_trip(spider_subset: Path) -> None:
         classes = to_classes(read_image(spider_subset / "masks" / image_path.name)[0])
         # (1) exact inverse: model grid at the native in-plane spacing
         fine = plan_grid(volume.shape, geometry, model_size=704, model_spacing=geometry.spacing[0])
-        from spinesegdiff.preprocess import labels_to_model
+        from spinesegdiff.data.preprocess import labels_to_model
 
         indices = list(range(fine.num_sagittal))
         restored = [

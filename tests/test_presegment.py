@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from spinesegdiff.inference import SamplerSettings, Segmenter
 from spinesegdiff.models import ModelConfig, build_model, preset_config
-from spinesegdiff.presegment import (
+from spinesegdiff.pipelines.presegmenters import (
     CrossFittedPresegmenter,
     UNetPresegmenter,
     crossfit_parts,
     load_presegmenter,
 )
-from spinesegdiff.training import TrainConfig, fold_data, train
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
+from spinesegdiff.training.loop import TrainConfig, fold_data, train
 
 TINY_UNET = {"variant": "unet", "widths": [8, 8, 16], "time_embed_dim": 32}
 TINY_DIFFUSION = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32)
@@ -155,7 +155,7 @@ def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: 
 
 def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Path) -> None:
     pytest.importorskip("nnunetv2", reason="nnU-Net v2 is an optional extra: pip install 'spinesegdiff[nnunet]'")
-    from spinesegdiff import nnunet
+    from spinesegdiff.pipelines import nnunet
 
     folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
     cases = [e.case for e in small_cache.entries]
@@ -177,7 +177,7 @@ def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Pat
 def test_tiny_nnunet_end_to_end(small_cache, tmp_path: Path) -> None:
     """Export, nnU-Net's planning and preprocessing, 1 epoch of 2 iterations, and prediction as a presegmenter."""
     pytest.importorskip("nnunetv2", reason="nnU-Net v2 is an optional extra: pip install 'spinesegdiff[nnunet]'")
-    from spinesegdiff import nnunet
+    from spinesegdiff.pipelines import nnunet
 
     folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
     cases = [e.case for e in small_cache.entries]

@@ -11,7 +11,7 @@ import torch
 from spinesegdiff.diffusion import DDIMScheduler, add_noise, make_schedule
 from spinesegdiff.models import build_model, preset_config
 from spinesegdiff.models.blocks import repeat_to_batch
-from spinesegdiff.sampling import (
+from spinesegdiff.pipelines.sampling import (
     class_probabilities,
     entropy_floor,
     fuse_step_means,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from spinesegdiff.data.spider import PATHOLOGIES, contrasts_of, find_cases, join_metadata, pathology_flags
 from spinesegdiff.errors import InputError
-from spinesegdiff.spider import PATHOLOGIES, contrasts_of, find_cases, join_metadata, pathology_flags
 
 
 def test_shared_subset_is_found(spider_subset: Path) -> None:

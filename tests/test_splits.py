@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from spinesegdiff.errors import InputError
-from spinesegdiff.splits import (
+from spinesegdiff.data.splits import (
     apply_split,
     load_split,
     make_patient_folds,
@@ -15,6 +14,7 @@ from spinesegdiff.splits import (
     save_split,
     validation_patients,
 )
+from spinesegdiff.errors import InputError
 
 CASES = [f"{p}_{c}" for p in range(1, 24) for c in ("t1", "t2")] + ["7_t2_SPACE", "12_t2_SPACE"]
 
@@ -78,7 +78,7 @@ def test_patient_in_two_test_folds_is_refused() -> None:
 
 
 def test_paper_split_applies_to_the_shared_subset(spider_metadata: Path, spider_subset: Path) -> None:
-    from spinesegdiff.spider import find_cases
+    from spinesegdiff.data.spider import find_cases
 
     cases = [c.case_id for c in find_cases(spider_subset)]
     for name in ("SPIDER_T2w", "SPIDER_T1wT2w"):

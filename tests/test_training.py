@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from spinesegdiff.augment import AugmentConfig, augment_batch, invert_contrast, random_remap
-from spinesegdiff.checkpoint import export_weights, load_checkpoint, load_model
 from spinesegdiff.cli import main
+from spinesegdiff.data.augment import AugmentConfig, augment_batch, invert_contrast, random_remap
+from spinesegdiff.data.splits import patient_of
 from spinesegdiff.errors import InputError
-from spinesegdiff.splits import patient_of
-from spinesegdiff.training import TrainConfig, fold_data, train
+from spinesegdiff.models.checkpoint import export_weights, load_checkpoint, load_model
+from spinesegdiff.training.loop import TrainConfig, fold_data, train
 
 TINY_MODEL = {"variant": "spinesegdiff", "widths": [8, 8, 16], "time_embed_dim": 32}
 
@@ -138,12 +138,12 @@ def test_remap_and_inversion_keep_air_dark() -> None:
 
 def test_tiny_model_learns_the_phantom() -> None:
     """Learnability: a tiny SpineSegDiff learns phantom slices to Dice >= 0.8 within a short CPU budget."""
+    from spinesegdiff.data.phantom import phantom_batch
     from spinesegdiff.diffusion import DDIMScheduler, make_schedule
-    from spinesegdiff.metrics import dice_per_class
+    from spinesegdiff.evaluation.metrics import dice_per_class
     from spinesegdiff.models import ModelConfig, build_model
-    from spinesegdiff.phantom import phantom_batch
-    from spinesegdiff.sampling import sample_segmentation
-    from spinesegdiff.training import training_loss
+    from spinesegdiff.pipelines.sampling import sample_segmentation
+    from spinesegdiff.training.loop import training_loss
 
     torch.manual_seed(0)
     images, labels = phantom_batch(24, size=48, seed=0)

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 
 def segment(*args, **kwargs):
-    """Segment a scan: see :func:`spinesegdiff.predict.segment` (imported lazily to keep start-up instant)."""
-    from spinesegdiff.predict import segment as _segment
+    """Segment a scan: see :func:`spinesegdiff.pipelines.predict.segment` (imported lazily to keep start-up instant)."""
+    from spinesegdiff.pipelines.predict import segment as _segment
 
     return _segment(*args, **kwargs)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spinesegdiff import __version__
+from spinesegdiff.data.spider import CONTRAST_SETS
 from spinesegdiff.devices import DEVICE_CHOICES
-from spinesegdiff.spider import CONTRAST_SETS
 
 # kept here so that --help needs no torch import; tests check them against spinesegdiff.models.config
 PRESETS = ("paper", "compact", "tiny")
@@ -37,7 +37,7 @@ def _add_contrast_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from spinesegdiff.cache import build_cache
+    from spinesegdiff.data.cache import build_cache
 
     cache = build_cache(
         args.data,
@@ -68,8 +68,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from spinesegdiff.spider import find_cases
-    from spinesegdiff.splits import apply_split, load_split, make_patient_folds, save_split
+    from spinesegdiff.data.spider import find_cases
+    from spinesegdiff.data.splits import apply_split, load_split, make_patient_folds, save_split
 
     cases = [
         c.case_id for c in find_cases(args.data, contrast_set=args.contrast, include_t2_space=args.t2_space)
@@ -96,7 +96,7 @@ _TRAIN_FLAGS = {
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from spinesegdiff.training import TrainConfig, load_train_config_file, train
+    from spinesegdiff.training.loop import TrainConfig, load_train_config_file, train
 
     settings = load_train_config_file(args.config) if args.config else {}
     for flag, key in _TRAIN_FLAGS.items():
@@ -153,7 +153,7 @@ def _add_preseg_options(parser: argparse.ArgumentParser) -> None:
 def _presegmenter(args: argparse.Namespace):
     from spinesegdiff.devices import resolve_device
     from spinesegdiff.errors import SpineSegDiffError
-    from spinesegdiff.presegment import load_presegmenter
+    from spinesegdiff.pipelines.presegmenters import load_presegmenter
 
     kind = args.preseg
     if kind is None:  # the shipped pipeline refines the shipped U-Net's mask; a user's own model samples
@@ -167,7 +167,7 @@ def _presegmenter(args: argparse.Namespace):
 
 def _sampler_settings(args: argparse.Namespace):
     from spinesegdiff.errors import SpineSegDiffError
-    from spinesegdiff.inference import SamplerSettings
+    from spinesegdiff.pipelines.segmenter import SamplerSettings
 
     try:
         return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
@@ -178,7 +178,7 @@ def _sampler_settings(args: argparse.Namespace):
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    from spinesegdiff.fold_evaluation import evaluate_test_fold
+    from spinesegdiff.evaluation.fold_test import evaluate_test_fold
 
     report = evaluate_test_fold(args.run, settings=_sampler_settings(args), device=args.device,
                                 checkpoint=args.checkpoint, quiet=args.quiet)
@@ -195,7 +195,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from spinesegdiff.benchmark import run_benchmark
+    from spinesegdiff.evaluation.benchmark import run_benchmark
 
     data = args.data if args.data is not None and args.data.exists() else None
     rows = run_benchmark(args.model, data_dir=data, samples=args.samples, steps=args.steps,
@@ -213,8 +213,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _scan_inputs(path: Path) -> list[Path]:
     """One scan (file or DICOM folder), or the scans in a folder (image files and DICOM subfolders)."""
+    from spinesegdiff.data.io import image_suffix, is_dicom_folder
     from spinesegdiff.errors import InputError, MissingInputError
-    from spinesegdiff.io import image_suffix, is_dicom_folder
 
     if not path.exists():
         raise MissingInputError(path)
@@ -232,8 +232,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from spinesegdiff.errors import SpineSegDiffError
-    from spinesegdiff.inference import Segmenter
-    from spinesegdiff.predict import load_scan, output_suffix, segment_loaded, write_outputs
+    from spinesegdiff.pipelines.predict import load_scan, output_suffix, segment_loaded, write_outputs
+    from spinesegdiff.pipelines.segmenter import Segmenter
 
     scans = _scan_inputs(args.input)
     output_suffix(None, args.format)  # validate --format before any work
@@ -275,8 +275,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     from spinesegdiff.assets import sample_scan_path
-    from spinesegdiff.inference import Segmenter
-    from spinesegdiff.predict import segment, write_outputs
+    from spinesegdiff.pipelines.predict import segment, write_outputs
+    from spinesegdiff.pipelines.segmenter import Segmenter
 
     started = time.perf_counter()
     segmenter = Segmenter.from_checkpoint(None, device=args.device, settings=_sampler_settings(args), quiet=True,
@@ -295,8 +295,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from spinesegdiff.ablation import ablation_table, run_ablation
     from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.evaluation.ablation import ablation_table, run_ablation
 
     if args.preseg in (None, "none"):
         raise SpineSegDiffError("the ablation needs a presegmenter: --preseg unet or nnunet")

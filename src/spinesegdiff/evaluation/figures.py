@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
 
 COLOURS = ["#00000000", "#f6c445", "#4fa3e0", "#e8575a"]
 

@@ -1,7 +1,7 @@
 """Does a pathology lower the Dice? Welch's t-test per structure and pathology, Benjamini-Hochberg corrected.
 
 One value per patient: a patient's cases (T1 and T2 series of one spine are not independent) are averaged
-first. Flags per patient follow :func:`spinesegdiff.spider.pathology_flags` (present when graded at any disc
+first. Flags per patient follow :func:`spinesegdiff.data.spider.pathology_flags` (present when graded at any disc
 level; degeneration: Pfirrmann grade >= 4). All tests of a system (pathologies x structures) form one family
 for the false discovery rate. A test runs only when both groups hold at least :data:`MIN_GROUP_SIZE` patients:
 with two, Welch's test leans on a variance estimated from two values and calls two patients who happen to
@@ -15,8 +15,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS
-from spinesegdiff.statistics import benjamini_hochberg, welch_t_test
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
+from spinesegdiff.evaluation.statistics import benjamini_hochberg, welch_t_test
 
 MIN_GROUP_SIZE = 3
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
 from spinesegdiff.evaluation.pathology import pathology_tests, patient_means
 from spinesegdiff.evaluation.scoring import score_prediction_set, summarise
 from spinesegdiff.evaluation.systems import PredictionSet
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS
 
 UNCERTAINTY_KEYS = ("auroc", "aupr", "error_rate", "ueo", "ece", "brier", "mean_uncertainty")
 CITATION = ("SPIDER data: J. W. van der Graaf et al., Lumbar spine segmentation in MR images: a dataset and a "

@@ -20,8 +20,8 @@ from spinesegdiff.evaluation.systems import PredictionSet, SystemSpec, predict_s
 
 def _reference_fold(specs: Sequence[SystemSpec]):
     """The cache, fold number and test indices of the first spinesegdiff run (every run must agree)."""
-    from spinesegdiff.checkpoint import load_checkpoint, resolve_model_file
-    from spinesegdiff.training import held_out_slices
+    from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
+    from spinesegdiff.training.loop import held_out_slices
 
     runs = [s for s in specs if s.kind == "run"]
     if not runs:
@@ -114,7 +114,7 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
               for key in ("images", "truth", "contrast")}
     flags = None
     if metadata is not None:
-        from spinesegdiff.spider import pathology_flags
+        from spinesegdiff.data.spider import pathology_flags
 
         flags = pathology_flags(metadata / "radiological_gradings.csv")
     ablations = [json.loads(Path(p).read_text()) for p in ablation_files]

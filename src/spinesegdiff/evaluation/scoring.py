@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS
-from spinesegdiff.metrics import dice_per_class
-from spinesegdiff.splits import patient_of
-from spinesegdiff.surface_metrics import distances_per_class
-from spinesegdiff.uncertainty_metrics import (
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
+from spinesegdiff.data.splits import patient_of
+from spinesegdiff.evaluation.metrics import dice_per_class
+from spinesegdiff.evaluation.surface_metrics import distances_per_class
+from spinesegdiff.evaluation.uncertainty_metrics import (
     brier_score,
     error_detection_scores,
     expected_calibration_error,

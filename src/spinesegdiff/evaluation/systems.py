@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from spinesegdiff.errors import SpineSegDiffError
-from spinesegdiff.inference import SamplerSettings, Segmenter
-from spinesegdiff.sampling import class_probabilities, normalised_entropy
+from spinesegdiff.pipelines.sampling import class_probabilities, normalised_entropy
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
 
 @dataclass(frozen=True)
@@ -152,13 +152,13 @@ def _single_pass_uncertainty(class_probabilities: np.ndarray) -> np.ndarray:
 def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fold: int, device: str = "auto",
                    settings: SamplerSettings | None = None, quiet: bool = True) -> PredictionSet:
     """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold."""
-    from spinesegdiff.checkpoint import load_model, resolve_model_file
     from spinesegdiff.devices import resolve_device
-    from spinesegdiff.presegment import UNetPresegmenter, load_presegmenter
+    from spinesegdiff.models.checkpoint import load_model, resolve_model_file
+    from spinesegdiff.pipelines.presegmenters import UNetPresegmenter, load_presegmenter
 
     target = str(resolve_device(device, quiet=True))
     if spec.kind == "nnunet":
-        from spinesegdiff.nnunet import NnUNetPresegmenter
+        from spinesegdiff.pipelines.nnunet import NnUNetPresegmenter
 
         model = NnUNetPresegmenter(spec.path, fold=fold, device=target)
         started = time.perf_counter()

@@ -5,7 +5,7 @@ Layout of a cache folder::
     images.npy     (N, 320, 320) uint8, intensities 0..255 (98th-percentile scaled)
     labels.npy     (N, 320, 320) uint8, classes 0..3
     manifest.json  settings, and per slice: case, patient, contrast, sagittal index, oblique angle, and the
-                   native <-> model grid (:class:`spinesegdiff.preprocess.SagittalGrid`) of its scan
+                   native <-> model grid (:class:`spinesegdiff.data.preprocess.SagittalGrid`) of its scan
 
 The arrays are memory-mapped on reading, so a training loop indexes them at the speed of RAM. A cache is
 built in a temporary sibling folder and renamed into place: an interrupted build leaves nothing behind.
@@ -23,11 +23,11 @@ from typing import Literal
 
 import numpy as np
 
+from spinesegdiff.data.io import check_same_grid, read_image
+from spinesegdiff.data.labels import to_classes
+from spinesegdiff.data.preprocess import SagittalGrid, prepare_scan
+from spinesegdiff.data.spider import ContrastSet, SpiderCase, find_cases
 from spinesegdiff.errors import InputError, MissingInputError
-from spinesegdiff.io import check_same_grid, read_image
-from spinesegdiff.labels import to_classes
-from spinesegdiff.preprocess import SagittalGrid, prepare_scan
-from spinesegdiff.spider import ContrastSet, SpiderCase, find_cases
 
 CACHE_VERSION = 1
 DEFAULT_OBLIQUE_DEG = 10.0

@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spinesegdiff.export_wrappers import DenoiserWithFeatures, example_denoiser_inputs, repeat_inputs_to_batch
+from spinesegdiff.pipelines.backends.wrappers import (
+    DenoiserWithFeatures,
+    example_denoiser_inputs,
+    repeat_inputs_to_batch,
+)
 
 
 def openvino_available() -> bool:

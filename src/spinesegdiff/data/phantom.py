@@ -15,8 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from spinesegdiff.io import Geometry
-from spinesegdiff.labels import BACKGROUND, DISC, SPINAL_CANAL, VERTEBRA
+from spinesegdiff.data.io import Geometry
+from spinesegdiff.data.labels import BACKGROUND, DISC, SPINAL_CANAL, VERTEBRA
 
 PIR_DIRECTION: tuple[float, ...] = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 """ITK direction of a SPIDER series: x -> posterior, y -> inferior, z -> right (LPS world)."""

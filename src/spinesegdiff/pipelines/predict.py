@@ -21,17 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from spinesegdiff.errors import InputError
-from spinesegdiff.inference import SamplerSettings, Segmenter, SliceSegmentation
-from spinesegdiff.io import Geometry, image_stem, image_suffix, read_image, write_image
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
-from spinesegdiff.preprocess import (
+from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
+from spinesegdiff.data.preprocess import (
     PreparedScan,
     native_slice,
     prepare_scan,
     restore_probabilities,
     slices_to_volume,
 )
+from spinesegdiff.errors import InputError
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter, SliceSegmentation
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
 """A sagittal slice smaller than this cannot hold even two lumbar levels: refused."""
@@ -205,7 +205,7 @@ def segment(
     if segmenter is None:
         mark = time.perf_counter()
         from spinesegdiff.devices import resolve_device
-        from spinesegdiff.presegment import load_presegmenter
+        from spinesegdiff.pipelines.presegmenters import load_presegmenter
 
         kind = preseg or ("unet" if model is None else "none")
         presegmenter = load_presegmenter(kind, preseg_model, device=str(resolve_device(device, quiet=True)))

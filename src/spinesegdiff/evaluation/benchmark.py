@@ -18,22 +18,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spinesegdiff.inference import SamplerSettings, Segmenter
-from spinesegdiff.metrics import dice_per_class
+from spinesegdiff.evaluation.metrics import dice_per_class
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
 
 def _sample_slice(data_dir: Path | None) -> tuple[np.ndarray, str]:
     """A real central slice (first series of ``data_dir``) if given, else a phantom slice; uint8 (320, 320)."""
-    from spinesegdiff.io import read_image
-    from spinesegdiff.preprocess import prepare_scan
+    from spinesegdiff.data.io import read_image
+    from spinesegdiff.data.preprocess import prepare_scan
 
     if data_dir is not None:
-        from spinesegdiff.spider import find_cases
+        from spinesegdiff.data.spider import find_cases
 
         case = find_cases(data_dir, require_masks=False)[0]
         volume, geometry = read_image(case.image_path)
         return prepare_scan(volume, geometry).images[0], f"SPIDER {case.case_id} central slice"
-    from spinesegdiff.phantom import make_phantom
+    from spinesegdiff.data.phantom import make_phantom
 
     phantom = make_phantom(shape=(3, 256, 200))
     return prepare_scan(phantom.image, phantom.geometry).images[0], "phantom central slice"
@@ -100,7 +100,7 @@ def run_benchmark(model: str | Path, *, data_dir: Path | None = None, samples: i
         add(f"(bt) ours in {label(torch_ours)}", torch_ours)
     add("(b32) ours in PyTorch fp32", fp32)
     if onnx:
-        from spinesegdiff.onnx_backend import OnnxDenoiser, onnx_runtime_available
+        from spinesegdiff.pipelines.backends.onnx import OnnxDenoiser, onnx_runtime_available
 
         if onnx_runtime_available():
             started = time.perf_counter()

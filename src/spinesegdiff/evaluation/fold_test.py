@@ -3,7 +3,7 @@
 Dice per structure on the central sagittal slice of every test patient (oblique series excluded), measured
 twice: on the 320 x 320 model grid against the cached nearest-neighbour labels (as the paper reports), and
 on the scan's native slice grid against the original mask, after the fused class probabilities are put back
-with :func:`spinesegdiff.preprocess.restore_probabilities`.
+with :func:`spinesegdiff.data.preprocess.restore_probabilities`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from spinesegdiff.checkpoint import resolve_model_file
-from spinesegdiff.inference import SamplerSettings, Segmenter
-from spinesegdiff.io import read_image
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS, to_classes
-from spinesegdiff.metrics import dice_per_class
-from spinesegdiff.preprocess import native_slice, restore_probabilities
+from spinesegdiff.data.io import read_image
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, to_classes
+from spinesegdiff.data.preprocess import native_slice, restore_probabilities
+from spinesegdiff.evaluation.metrics import dice_per_class
+from spinesegdiff.models.checkpoint import resolve_model_file
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def evaluate_test_fold(run_dir: str | Path, *, settings: SamplerSettings | None 
     ``test_cases.csv`` into the run folder."""
     from tqdm.auto import tqdm
 
-    from spinesegdiff.training import held_out_slices
+    from spinesegdiff.training.loop import held_out_slices
 
     run_dir = Path(run_dir)
     model_file = resolve_model_file(run_dir / checkpoint if (run_dir / checkpoint).exists() else run_dir)

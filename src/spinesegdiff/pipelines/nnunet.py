@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spinesegdiff.data.splits import Split
 from spinesegdiff.errors import SpineSegDiffError
-from spinesegdiff.splits import Split
 
 LABELS = {"background": 0, "spinal_canal": 1, "vertebra": 2, "disc": 3}
 TRAINER_NAME = "nnUNetTrainer"
@@ -98,7 +98,7 @@ def export_dataset(images: np.ndarray, labels: np.ndarray, cases: Sequence[str],
     Returns:
         The dataset folder under ``folders.raw``.
     """
-    from spinesegdiff.io import Geometry, write_image
+    from spinesegdiff.data.io import Geometry, write_image
 
     if len(set(cases)) != len(cases) or len(cases) != len(images) or images.shape != labels.shape:
         raise ValueError("export_dataset needs one distinct case name per image, and labels shaped as images")
@@ -157,7 +157,7 @@ def train_fold(dataset_id: int, fold: int, folders: NnUNetFolders, *, epochs: in
     and ``dataset.json``, as nnU-Net lays them out.
     """
     require_nnunet()
-    command = [sys.executable, "-m", "spinesegdiff.nnunet", str(dataset_id), str(fold), str(epochs),
+    command = [sys.executable, "-m", "spinesegdiff.pipelines.nnunet", str(dataset_id), str(fold), str(epochs),
                str(iterations), device]
     _run(command, folders, log, "training")
     return model_folder(dataset_id, folders)

@@ -1,7 +1,7 @@
 """The presegmentation ablation (paper Table 2): Dice and time per slice against the refinement start T_pre.
 
 For every held-out central slice of a refiner run's test fold, the presegmenter's mask is noised to ``T_pre``
-and refined (:class:`~spinesegdiff.inference.Segmenter` with ``preseg_steps``). ``T_pre = 0`` is the
+and refined (:class:`~spinesegdiff.pipelines.segmenter.Segmenter` with ``preseg_steps``). ``T_pre = 0`` is the
 presegmenter alone; ``T_pre = 1000`` (the whole schedule) noises the mask away, which is sampling from pure
 noise with the run's default ``K`` steps. Seconds per slice include the presegmenter.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spinesegdiff.inference import SamplerSettings, Segmenter
-from spinesegdiff.labels import STRUCTURE_ABBREVIATIONS
-from spinesegdiff.metrics import dice_per_class
-from spinesegdiff.presegment import Presegmenter
+from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
+from spinesegdiff.evaluation.metrics import dice_per_class
+from spinesegdiff.pipelines.presegmenters import Presegmenter
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
 DEFAULT_T_PRE: tuple[int, ...] = (0, 30, 100, 300, 500, 1000)
 
@@ -35,8 +35,8 @@ def run_ablation(run_dir: str | Path, presegmenter: Presegmenter, *, t_pre: Sequ
     """
     from tqdm.auto import tqdm
 
-    from spinesegdiff.checkpoint import resolve_model_file
-    from spinesegdiff.training import held_out_slices
+    from spinesegdiff.models.checkpoint import resolve_model_file
+    from spinesegdiff.training.loop import held_out_slices
 
     run_dir = Path(run_dir)
     model_file = resolve_model_file(run_dir / checkpoint if (run_dir / checkpoint).exists() else run_dir)

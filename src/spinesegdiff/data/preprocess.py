@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from spinesegdiff.data.io import Geometry
 from spinesegdiff.errors import InputError
-from spinesegdiff.io import Geometry
 
 MODEL_SIZE = 320
 """Side of the square model grid in pixels (the paper's 320 x 320)."""
@@ -399,7 +399,7 @@ def prepare_scan(
     require_sagittal: bool = True,
     source: str | Path | None = None,
 ) -> PreparedScan:
-    """Preprocess a scan (and its class map, already mapped by :func:`spinesegdiff.labels.to_classes`).
+    """Preprocess a scan (and its class map, already mapped by :func:`spinesegdiff.data.labels.to_classes`).
 
     Args:
         volume_zyx: 3D intensities in SimpleITK order.

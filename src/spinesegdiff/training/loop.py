@@ -26,24 +26,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from spinesegdiff.augment import AugmentConfig, augment_batch
-from spinesegdiff.cache import SliceCache, build_cache, load_cache
-from spinesegdiff.checkpoint import load_checkpoint, resolve_model_file, save_checkpoint
-from spinesegdiff.devices import resolve_device
-from spinesegdiff.diffusion import DDIMScheduler, add_noise, make_schedule
-from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
-from spinesegdiff.metrics import dice_per_class
-from spinesegdiff.models import (
-    ModelConfig,
-    build_model,
-    is_diffusion_model,
-    model_prediction_type,
-    preset_config,
-)
-from spinesegdiff.presegment import CrossFittedPresegmenter
-from spinesegdiff.sampling import sample_segmentation
-from spinesegdiff.splits import (
+from spinesegdiff.data.augment import AugmentConfig, augment_batch
+from spinesegdiff.data.cache import SliceCache, build_cache, load_cache
+from spinesegdiff.data.splits import (
     apply_split,
     load_split,
     make_patient_folds,
@@ -51,6 +36,21 @@ from spinesegdiff.splits import (
     save_split,
     validation_patients,
 )
+from spinesegdiff.devices import resolve_device
+from spinesegdiff.diffusion import DDIMScheduler, add_noise, make_schedule
+from spinesegdiff.errors import InputError, SpineSegDiffError
+from spinesegdiff.evaluation.metrics import dice_per_class
+from spinesegdiff.models import (
+    ModelConfig,
+    build_model,
+    is_diffusion_model,
+    model_prediction_type,
+    preset_config,
+)
+from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file, save_checkpoint
+from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
+from spinesegdiff.pipelines.sampling import sample_segmentation
+from spinesegdiff.training.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +61,7 @@ class TrainConfig:
     shipped model). ``max_minutes`` stops training gracefully (a final validation and checkpoint) when the wall
     time is spent. ``holdout_patients`` are left out of training and validation as well (cross-fitted
     presegmenters); ``crossfit_part`` ``"k/n"`` holds out part ``k`` of ``n`` seeded parts of the fold's training
-    patients (:func:`~spinesegdiff.presegment.crossfit_parts`). ``init_from`` starts from a checkpoint's EMA
+    patients (:func:`crossfit_parts`). ``init_from`` starts from a checkpoint's EMA
     weights (fine-tuning).
 
     Presegmentation refinement (``preseg_models`` set, diffusion variants): each training slice is presegmented
@@ -183,7 +183,7 @@ def fold_data(config: TrainConfig, cache: SliceCache) -> FoldData:
         train_cases, test_cases = split[config.fold]["train"], split[config.fold]["test"]
     excluded = set(config.holdout_patients)
     if config.crossfit_part is not None:
-        from spinesegdiff.presegment import crossfit_parts
+        from spinesegdiff.pipelines.presegmenters import crossfit_parts
 
         part, parts = (int(v) for v in config.crossfit_part.split("/"))
         excluded |= set(crossfit_parts([patient_of(c) for c in train_cases], parts, seed=config.split_seed)[part - 1])
@@ -301,7 +301,7 @@ def validate(net: torch.nn.Module, cache: SliceCache, indices: list[int], *, sch
 def load_crossfitted_presegmenter(config: TrainConfig, cache: SliceCache, device: torch.device
                                   ) -> CrossFittedPresegmenter:
     """The run's ``preseg_models`` with, for each, the patients it trained or validated on."""
-    from spinesegdiff.presegment import UNetPresegmenter
+    from spinesegdiff.pipelines.presegmenters import UNetPresegmenter
 
     models, seen = [], []
     for path in config.preseg_models:

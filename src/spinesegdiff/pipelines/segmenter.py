@@ -1,7 +1,7 @@
 """Segment model-grid slices with a trained network: the multi-sample DDIM sampler behind one object.
 
 :class:`Segmenter` holds a network, its noise schedule and the sampling settings; :meth:`Segmenter.segment`
-takes ``uint8`` 320 x 320 slices (as :func:`spinesegdiff.preprocess.prepare_scan` makes them) and returns the
+takes ``uint8`` 320 x 320 slices (as :func:`spinesegdiff.data.preprocess.prepare_scan` makes them) and returns the
 fused probabilities, label maps and uncertainty maps as NumPy arrays.
 """
 
@@ -16,14 +16,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from spinesegdiff.checkpoint import load_model, resolve_model_file
+from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion import DDIMScheduler, make_schedule
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.models import ModelConfig, is_diffusion_model, model_prediction_type
-from spinesegdiff.preprocess import to_network_range
-from spinesegdiff.presegment import Presegmenter
-from spinesegdiff.sampling import (
+from spinesegdiff.models.checkpoint import load_model, resolve_model_file
+from spinesegdiff.pipelines.presegmenters import Presegmenter
+from spinesegdiff.pipelines.sampling import (
     normalised_entropy,
     sample_reference_procedure,
     sample_segmentation,
@@ -129,7 +129,7 @@ def resolve_precision(choice: str, device: torch.device) -> torch.dtype:
 
 def resolve_backend(choice: str, device: torch.device) -> str:
     """``torch`` / ``openvino`` as asked; ``auto`` -> OpenVINO on a CPU where it is installed, else PyTorch."""
-    from spinesegdiff.openvino_backend import openvino_available
+    from spinesegdiff.pipelines.backends.openvino import openvino_available
 
     if choice == "auto":
         return "openvino" if device.type == "cpu" and openvino_available() else "torch"
@@ -185,7 +185,7 @@ class Segmenter:
         device: where to run.
         settings: sampling settings.
         model_name: how reports name the model (the checkpoint path by default).
-        presegmenter: a :class:`~spinesegdiff.presegment.Presegmenter` whose mask is refined from
+        presegmenter: a :class:`~spinesegdiff.pipelines.presegmenters.Presegmenter` whose mask is refined from
             ``settings.preseg_steps`` (default 30 when a presegmenter is given).
     """
 
@@ -210,7 +210,7 @@ class Segmenter:
             self.dtype = resolve_precision(self.settings.precision, device)
             self.backend = resolve_backend(self.settings.backend, device)
             if self.backend == "openvino":
-                from spinesegdiff.openvino_backend import OpenVinoDenoiser
+                from spinesegdiff.pipelines.backends.openvino import OpenVinoDenoiser
 
                 model = OpenVinoDenoiser(model, dtype=self.dtype, threads=torch.get_num_threads())
             elif self.dtype != torch.float32:

@@ -4,7 +4,7 @@ A presegmenter is any callable ``uint8 (N, H, W) slices -> (N, 4, H, W) float32 
 (background, canal, vertebra, disc; summing to 1). Two ship with the package:
 
 * :class:`UNetPresegmenter`, the built-in segmentation U-Net (``--variant unet``): trains in minutes on a CPU;
-* :class:`spinesegdiff.nnunet.NnUNetPresegmenter`, a real nnU-Net v2 2d model (optional extra).
+* :class:`spinesegdiff.pipelines.nnunet.NnUNetPresegmenter`, a real nnU-Net v2 2d model (optional extra).
 
 :class:`CrossFittedPresegmenter` serves training: every slice is presegmented by a U-Net that never saw its
 patient, so the refiner learns from the errors a presegmenter makes on unseen scans.
@@ -19,8 +19,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.errors import InputError
-from spinesegdiff.preprocess import to_network_range
 
 PRESEGMENTERS: tuple[str, ...] = ("none", "unet", "nnunet")
 
@@ -56,7 +56,7 @@ class UNetPresegmenter:
     def from_checkpoint(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu"
                         ) -> UNetPresegmenter:
         """A U-Net checkpoint or run folder; ``None``: the U-Net shipped with the package."""
-        from spinesegdiff.checkpoint import load_model, resolve_model_file
+        from spinesegdiff.models.checkpoint import load_model, resolve_model_file
 
         if path is None:
             from spinesegdiff.assets import default_presegmenter_path
@@ -139,7 +139,7 @@ def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str
     if kind == "unet":
         return UNetPresegmenter.from_checkpoint(model, device=device)
     if kind == "nnunet":
-        from spinesegdiff.nnunet import NnUNetPresegmenter
+        from spinesegdiff.pipelines.nnunet import NnUNetPresegmenter
 
         if model is None:
             raise SpineSegDiffError("--preseg nnunet needs --preseg-model: an nnU-Net 2d model folder")

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from spinesegdiff.export_wrappers import (
+from spinesegdiff.pipelines.backends.wrappers import (
     DenoiserWithFeatures,
     ImageEncoderOutputs,
     example_denoiser_inputs,
