@@ -16,11 +16,12 @@ import argparse
 import numpy as np
 import torch
 
+from spinesegdiff.data.folds import run_held_out_slices
 from spinesegdiff.diffusion import add_noise
 from spinesegdiff.models import model_prediction_type
 from spinesegdiff.models.checkpoint import load_checkpoint, load_model, resolve_model_file
 from spinesegdiff.pipelines.sampling import logits_to_x0
-from spinesegdiff.training.loop import batch_tensors, held_out_slices, make_scheduler, one_hot_x0
+from spinesegdiff.training.loop import TrainConfig, batch_tensors, make_scheduler, one_hot_x0
 
 TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
@@ -30,8 +31,9 @@ def x0_dice_by_timestep(run: str, timesteps: tuple[int, ...] = TIMESTEPS, seed: 
     model_file = resolve_model_file(run)
     net, model_config, _ = load_model(model_file, map_location="cpu")
     net.eval()
-    train_config, cache, test = held_out_slices(load_checkpoint(model_file, map_location="cpu")["train_config"], run)
-    scheduler = make_scheduler(train_config, model_config)
+    saved = load_checkpoint(model_file, map_location="cpu")["train_config"]
+    _, cache, test = run_held_out_slices(saved, run)
+    scheduler = make_scheduler(TrainConfig.from_dict(saved), model_config)
     prediction_type = model_prediction_type(model_config)
     image, labels = batch_tensors(cache, test, torch.device("cpu"))
     truth = one_hot_x0(labels) > 0.5

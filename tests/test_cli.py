@@ -187,8 +187,21 @@ def test_existing_non_cache_folder_is_not_overwritten(make_spider_folder, tmp_pa
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
-    _assert_clean_failure(_preprocess(root, precious), "is not a spinesegdiff cache")
+    _assert_clean_failure(_preprocess(root, precious), "is not a cache this package wrote")
     assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_folder_with_a_foreign_manifest_is_not_overwritten(make_spider_folder, tmp_path: Path) -> None:
+    root = make_spider_folder([("1", "t2"), ("2", "t2")], shape=(2, 32, 32))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "manifest.json").write_text('{"name": "my web app"}')
+    (site / "index.html").write_text("<html></html>")
+    _assert_clean_failure(_preprocess(root, site), "is not a cache this package wrote")
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "manifest.json"]
+    out = tmp_path / "cache"
+    assert _preprocess(root, out).returncode == 0
+    assert _preprocess(root, out).returncode == 0  # a cache of ours is replaced
 
 
 def test_load_cache_errors(tmp_path: Path) -> None:

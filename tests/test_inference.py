@@ -103,8 +103,8 @@ def test_openvino_backend_matches_pytorch_and_reuses_its_cache(tmp_path: Path, m
 
 
 def test_backend_choice_follows_what_is_installed(monkeypatch) -> None:
-    from spinesegdiff.pipelines.backends import openvino as openvino_backend
     from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.pipelines.backends import openvino as openvino_backend
     from spinesegdiff.pipelines.segmenter import resolve_backend
 
     cpu = torch.device("cpu")

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from spinesegdiff.data.folds import crossfit_parts, fold_data
 from spinesegdiff.models import ModelConfig, build_model, preset_config
 from spinesegdiff.pipelines.presegmenters import (
     CrossFittedPresegmenter,
     UNetPresegmenter,
-    crossfit_parts,
     load_presegmenter,
 )
 from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
-from spinesegdiff.training.loop import TrainConfig, fold_data, train
+from spinesegdiff.training.loop import TrainConfig, train
 
 TINY_UNET = {"variant": "unet", "widths": [8, 8, 16], "time_embed_dim": 32}
 TINY_DIFFUSION = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32)
@@ -126,14 +126,14 @@ def test_crossfit_parts_and_assignment() -> None:
 
 def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: Path) -> None:
     base = _config(small_cache.root, tmp_path / "unet")
-    data = fold_data(base, small_cache)
+    data = fold_data(base.fold_settings(), small_cache)
     patients = sorted({small_cache.entries[i].patient for i in [*data.train, *data.validation]}, key=int)
     part_a, part_b = crossfit_parts(patients, 2)
     unet_a = train(_config(small_cache.root, tmp_path / "unet-a", holdout_patients=part_a), progress=False,
                    stop_after_steps=2)
     unet_b = train(_config(small_cache.root, tmp_path / "unet-b", holdout_patients=part_b), progress=False,
                    stop_after_steps=2)
-    a_data = fold_data(_config(small_cache.root, tmp_path / "x", holdout_patients=part_a), small_cache)
+    a_data = fold_data(_config(small_cache.root, tmp_path / "x", holdout_patients=part_a).fold_settings(), small_cache)
     assert not {small_cache.entries[i].patient for i in [*a_data.train, *a_data.validation]} & set(part_a)
     presegmenter = load_presegmenter("unet", unet_a, device="cpu")
     assert presegmenter(np.zeros((1, 320, 320), np.uint8)).shape == (1, 4, 320, 320)
@@ -159,7 +159,7 @@ def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Pat
 
     folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
     cases = [e.case for e in small_cache.entries]
-    split = fold_data(_config(small_cache.root, tmp_path / "x"), small_cache).split
+    split = fold_data(_config(small_cache.root, tmp_path / "x").fold_settings(), small_cache).split
     dataset = nnunet.export_dataset(np.asarray(small_cache.images), np.asarray(small_cache.labels), cases, folders,
                                     dataset_id=987, name="Phantoms", split=split)
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
@@ -181,7 +181,7 @@ def test_tiny_nnunet_end_to_end(small_cache, tmp_path: Path) -> None:
 
     folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
     cases = [e.case for e in small_cache.entries]
-    split = fold_data(_config(small_cache.root, tmp_path / "x"), small_cache).split
+    split = fold_data(_config(small_cache.root, tmp_path / "x").fold_settings(), small_cache).split
     nnunet.export_dataset(np.asarray(small_cache.images), np.asarray(small_cache.labels), cases, folders,
                           dataset_id=989, name="Tiny", split=split)
     nnunet.plan_and_preprocess(989, folders, processes=1, log=tmp_path / "plan.log")

@@ -11,10 +11,11 @@ import torch
 
 from spinesegdiff.cli import main
 from spinesegdiff.data.augment import AugmentConfig, augment_batch, invert_contrast, random_remap
+from spinesegdiff.data.folds import fold_data
 from spinesegdiff.data.splits import patient_of
 from spinesegdiff.errors import InputError
 from spinesegdiff.models.checkpoint import export_weights, load_checkpoint, load_model
-from spinesegdiff.training.loop import TrainConfig, fold_data, train
+from spinesegdiff.training.loop import TrainConfig, train
 
 TINY_MODEL = {"variant": "spinesegdiff", "widths": [8, 8, 16], "time_embed_dim": 32}
 
@@ -28,7 +29,7 @@ def _config(cache_root: Path, out: Path, **overrides) -> TrainConfig:
 
 def test_fold_bookkeeping_keeps_test_and_validation_apart(small_cache) -> None:
     config = _config(small_cache.root, Path("unused"))
-    data = fold_data(config, small_cache)
+    data = fold_data(config.fold_settings(), small_cache)
     patients = lambda idx: {small_cache.entries[i].patient for i in idx}  # noqa: E731
     assert data.train and data.validation and data.test
     assert not patients(data.train) & patients(data.test)
@@ -182,6 +183,6 @@ def test_distributed_data_parallel_on_cpu(small_cache, tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     saved = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    data = fold_data(TrainConfig.from_dict(saved["train_config"]), small_cache)
+    data = fold_data(TrainConfig.from_dict(saved["train_config"]).fold_settings(), small_cache)
     # each process draws batch_size slices per step: the epoch has half the steps of a single process
     assert saved["step"] == -(-len(data.train) // 2)

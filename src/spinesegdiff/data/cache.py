@@ -29,7 +29,9 @@ from spinesegdiff.data.preprocess import SagittalGrid, prepare_scan
 from spinesegdiff.data.spider import ContrastSet, SpiderCase, find_cases
 from spinesegdiff.errors import InputError, MissingInputError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CACHE_FORMAT = "spinesegdiff-slice-cache"
+"""The marker in every manifest this package writes: only a folder that carries it is ever replaced."""
 DEFAULT_OBLIQUE_DEG = 10.0
 """Series whose slice normal is further than this from left-right are flagged oblique (excluded from evaluation)."""
 
@@ -126,8 +128,9 @@ def build_cache(
 
     cases = find_cases(data_dir, contrast_set=contrast_set, include_t2_space=include_t2_space)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / "manifest.json").exists() and any(out_dir.iterdir()):
-        raise InputError(out_dir, "exists and is not a spinesegdiff cache; choose an empty or new folder")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not is_cache_folder(out_dir))):
+        raise InputError(out_dir, "exists and is not a cache this package wrote (no spinesegdiff cache marker in "
+                                  "manifest.json); choose an empty or new folder")
     images, labels, entries, grids = [], [], [], {}
     for case in tqdm(cases, desc="preprocess", unit="scan", disable=not progress):
         prepared = preprocess_case(
@@ -151,6 +154,7 @@ def build_cache(
                 )
             )
     settings = {
+        "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
         "data_dir": str(Path(data_dir).resolve()),
         "contrast_set": contrast_set,
@@ -172,13 +176,25 @@ def build_cache(
         np.save(staging / "images.npy", np.stack(images))
         np.save(staging / "labels.npy", np.stack(labels))
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out_dir.exists():
+        if out_dir.exists():  # a cache of ours (checked above) or an empty folder
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return load_cache(out_dir)
+
+
+def is_cache_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a cache folder this package wrote: its manifest carries :data:`CACHE_FORMAT`."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        settings = json.loads(manifest.read_text()).get("settings", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
+        return False
+    return isinstance(settings, dict) and settings.get("format") == CACHE_FORMAT
 
 
 def load_cache(root: str | Path, *, mmap: bool = True) -> SliceCache:
@@ -195,6 +211,8 @@ def load_cache(root: str | Path, *, mmap: bool = True) -> SliceCache:
         raise InputError(
             root, "not a spinesegdiff cache (no manifest.json); run `spinesegdiff preprocess` first"
         )
+    if not is_cache_folder(root):
+        raise InputError(root, "manifest.json is not a spinesegdiff cache manifest; run `spinesegdiff preprocess`")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("settings", {}).get("version") != CACHE_VERSION:
         raise InputError(

@@ -35,13 +35,13 @@ def run_ablation(run_dir: str | Path, presegmenter: Presegmenter, *, t_pre: Sequ
     """
     from tqdm.auto import tqdm
 
+    from spinesegdiff.data.folds import run_held_out_slices
     from spinesegdiff.models.checkpoint import resolve_model_file
-    from spinesegdiff.training.loop import held_out_slices
 
     run_dir = Path(run_dir)
     model_file = resolve_model_file(run_dir / checkpoint if (run_dir / checkpoint).exists() else run_dir)
     base = Segmenter.from_checkpoint(model_file, device=device, settings=settings, quiet=quiet)
-    config, cache, test = held_out_slices(base.train_config, run_dir)
+    fold, cache, test = run_held_out_slices(base.train_config, run_dir)
     total = base.scheduler.num_train_timesteps
     rows, per_case = [], []
     for value in t_pre:
@@ -71,7 +71,7 @@ def run_ablation(run_dir: str | Path, presegmenter: Presegmenter, *, t_pre: Sequ
         })
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        summary = {"run": str(run_dir), "checkpoint": model_file.name, "fold": config.fold,
+        summary = {"run": str(run_dir), "checkpoint": model_file.name, "fold": fold,
                    "presegmenter": getattr(presegmenter, "name", type(presegmenter).__name__),
                    "sampler": base.describe(), "rows": rows}
         (out / "ablation.json").write_text(json.dumps(summary, indent=2))

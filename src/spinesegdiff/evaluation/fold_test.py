@@ -51,12 +51,12 @@ def evaluate_test_fold(run_dir: str | Path, *, settings: SamplerSettings | None 
     ``test_cases.csv`` into the run folder."""
     from tqdm.auto import tqdm
 
-    from spinesegdiff.training.loop import held_out_slices
+    from spinesegdiff.data.folds import run_held_out_slices
 
     run_dir = Path(run_dir)
     model_file = resolve_model_file(run_dir / checkpoint if (run_dir / checkpoint).exists() else run_dir)
     segmenter = Segmenter.from_checkpoint(model_file, device=device, settings=settings, quiet=quiet)
-    config, cache, test = held_out_slices(segmenter.train_config, run_dir)
+    fold, cache, test = run_held_out_slices(segmenter.train_config, run_dir)
     cases, model_scores, native_scores, seconds = [], [], [], 0.0
     for index in tqdm(test, desc="test fold", unit="slice", disable=quiet):
         entry = cache.entries[index]
@@ -72,7 +72,7 @@ def evaluate_test_fold(run_dir: str | Path, *, settings: SamplerSettings | None 
         cases.append(entry.case)
     report = FoldReport(cases, np.asarray(model_scores), np.asarray(native_scores), seconds / len(cases))
     summary = {
-        "run": str(run_dir), "checkpoint": model_file.name, "fold": config.fold,
+        "run": str(run_dir), "checkpoint": model_file.name, "fold": fold,
         "sampler": segmenter.describe(),
         "device": str(segmenter.device), **report.summary(),
     }

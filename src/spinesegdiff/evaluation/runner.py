@@ -20,8 +20,8 @@ from spinesegdiff.evaluation.systems import PredictionSet, SystemSpec, predict_s
 
 def _reference_fold(specs: Sequence[SystemSpec]):
     """The cache, fold number and test indices of the first spinesegdiff run (every run must agree)."""
+    from spinesegdiff.data.folds import run_held_out_slices
     from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
-    from spinesegdiff.training.loop import held_out_slices
 
     runs = [s for s in specs if s.kind == "run"]
     if not runs:
@@ -29,10 +29,10 @@ def _reference_fold(specs: Sequence[SystemSpec]):
     reference = None
     for spec in runs:
         payload = load_checkpoint(resolve_model_file(spec.path), map_location="cpu")
-        config, cache, test = held_out_slices(payload["train_config"], spec.path)
+        fold, cache, test = run_held_out_slices(payload["train_config"], spec.path)
         cases = [cache.entries[i].case for i in test]
         if reference is None:
-            reference = (cache, config.fold, test, cases)
+            reference = (cache, fold, test, cases)
         elif cases != reference[3]:
             raise SpineSegDiffError(f"{spec.path}: its held-out cases differ from {runs[0].path}'s; compare runs of "
                                     "one split and fold")

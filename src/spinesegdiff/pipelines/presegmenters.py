@@ -120,15 +120,6 @@ class CrossFittedPresegmenter:
         return output
 
 
-def crossfit_parts(patients: Sequence[str], parts: int = 2, *, seed: int = 0) -> list[list[str]]:
-    """Split patients into ``parts`` disjoint, seeded groups of near-equal size (sorted within a group)."""
-    unique = sorted(set(patients), key=lambda p: (len(p), p))
-    if parts < 2 or parts > len(unique):
-        raise ValueError(f"parts must lie in 2..{len(unique)}, got {parts}")
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return [sorted((unique[i] for i in order[k::parts]), key=lambda p: (len(p), p)) for k in range(parts)]
-
-
 def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str = "cpu") -> Presegmenter | None:
     """``none`` -> ``None``; ``unet`` -> a U-Net run or checkpoint (default: the shipped one); ``nnunet`` -> an
     nnU-Net 2d model folder (required; its ``fold_all`` if present, else its first ``fold_<k>``)."""

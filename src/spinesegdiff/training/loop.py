@@ -27,15 +27,9 @@ import numpy as np
 import torch
 
 from spinesegdiff.data.augment import AugmentConfig, augment_batch
-from spinesegdiff.data.cache import SliceCache, build_cache, load_cache
-from spinesegdiff.data.splits import (
-    apply_split,
-    load_split,
-    make_patient_folds,
-    patient_of,
-    save_split,
-    validation_patients,
-)
+from spinesegdiff.data.cache import SliceCache
+from spinesegdiff.data.folds import FoldSettings, fold_data, open_data
+from spinesegdiff.data.splits import save_split
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion import DDIMScheduler, add_noise, make_schedule
 from spinesegdiff.errors import InputError, SpineSegDiffError
@@ -131,6 +125,12 @@ class TrainConfig:
         if not 0.0 <= self.preseg_focus_share <= 1.0:
             raise ValueError(f"preseg_focus_share must lie in [0, 1], got {self.preseg_focus_share}")
 
+    def fold_settings(self) -> FoldSettings:
+        """The settings that choose this run's training, validation and test patients."""
+        return FoldSettings(fold=self.fold, num_folds=self.num_folds, split_file=self.split_file,
+                            split_seed=self.split_seed, val_fraction=self.val_fraction, val_seed=self.seed,
+                            holdout_patients=self.holdout_patients, crossfit_part=self.crossfit_part)
+
     def model_config(self) -> ModelConfig:
         if self.model is not None:
             return ModelConfig.from_dict(self.model)
@@ -146,73 +146,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**data)
-
-
-@dataclass
-class FoldData:
-    """Cache indices of a run's training, validation and test slices (test: central, not oblique)."""
-
-    cache: SliceCache
-    train: list[int]
-    validation: list[int]
-    test: list[int]
-    split: list[dict[str, list[str]]]
-
-
-def open_data(config: TrainConfig, *, quiet: bool = False) -> SliceCache:
-    """A cache folder is opened; a SPIDER folder is preprocessed into ``<out>/cache`` first."""
-    data = Path(config.data)
-    if (data / "manifest.json").exists():
-        return load_cache(data)
-    cache_dir = Path(config.out) / "cache"
-    if (cache_dir / "manifest.json").exists():
-        return load_cache(cache_dir)
-    return build_cache(data, cache_dir, progress=not quiet)
-
-
-def fold_data(config: TrainConfig, cache: SliceCache) -> FoldData:
-    """Split the cache by patient into the run's training, validation and test slices."""
-    cases = cache.case_names
-    if config.split_file:
-        split = apply_split(load_split(config.split_file), cases, source=config.split_file)
-    else:
-        split = make_patient_folds(cases, num_folds=config.num_folds, seed=config.split_seed)
-    if config.fold == -1:
-        train_cases, test_cases = cases, []
-    else:
-        train_cases, test_cases = split[config.fold]["train"], split[config.fold]["test"]
-    excluded = set(config.holdout_patients)
-    if config.crossfit_part is not None:
-        from spinesegdiff.pipelines.presegmenters import crossfit_parts
-
-        part, parts = (int(v) for v in config.crossfit_part.split("/"))
-        excluded |= set(crossfit_parts([patient_of(c) for c in train_cases], parts, seed=config.split_seed)[part - 1])
-    train_cases = [c for c in train_cases if patient_of(c) not in excluded]
-    held_out = validation_patients(train_cases, fraction=config.val_fraction, seed=config.seed) \
-        if config.val_fraction > 0 else set()
-    fit_cases = [c for c in train_cases if patient_of(c) not in held_out]
-    val_cases = [c for c in train_cases if patient_of(c) in held_out]
-    return FoldData(
-        cache=cache,
-        train=cache.indices(cases=fit_cases),
-        validation=cache.indices(cases=val_cases, central_only=True, exclude_oblique=True),
-        test=cache.indices(cases=test_cases, central_only=True, exclude_oblique=True),
-        split=split,
-    )
-
-
-def held_out_slices(train_config: dict[str, Any], run: str | Path) -> tuple[TrainConfig, SliceCache, list[int]]:
-    """A run's settings, its cache, and the cache indices of its held-out test slices (central, not oblique).
-
-    Raises:
-        InputError: the run has no test fold (trained with ``--fold all``).
-    """
-    config = TrainConfig.from_dict(train_config)
-    cache = open_data(config, quiet=True)
-    test = fold_data(config, cache).test
-    if not test:
-        raise InputError(run, "the run has no test fold (trained with --fold all)")
-    return config, cache, test
 
 
 def batch_tensors(cache: SliceCache, indices: np.ndarray | list[int], device: torch.device,
@@ -307,7 +240,7 @@ def load_crossfitted_presegmenter(config: TrainConfig, cache: SliceCache, device
     for path in config.preseg_models:
         presegmenter = UNetPresegmenter.from_checkpoint(path, device=device)
         its_config = TrainConfig.from_dict(presegmenter.train_config)
-        its_data = fold_data(dataclasses.replace(its_config, data=config.data), cache)
+        its_data = fold_data(its_config.fold_settings(), cache)
         seen.append({cache.entries[i].patient for i in [*its_data.train, *its_data.validation]})
         models.append(presegmenter)
     return CrossFittedPresegmenter(models, seen)
@@ -383,10 +316,10 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
 
     if world > 1 and not is_main:
         torch.distributed.barrier()  # rank 0 builds the cache first (from a SPIDER folder)
-    cache = open_data(config, quiet=not (progress and is_main))
+    cache = open_data(config.data, config.out, quiet=not (progress and is_main))
     if world > 1 and is_main:
         torch.distributed.barrier()
-    data = fold_data(config, cache)
+    data = fold_data(config.fold_settings(), cache)
     if not data.train:
         raise InputError(config.data, "no training slices for this fold")
     model_config = config.model_config()
