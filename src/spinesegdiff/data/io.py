@@ -11,8 +11,6 @@ labels derived from DICOM are written as NIfTI).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from spinesegdiff.errors import InputError, MissingInputError
+from spinesegdiff.files import atomic_write
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 """File endings read and written as images (longest first so ``.nii.gz`` wins over ``.gz``)."""
@@ -230,14 +229,7 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, *, comp
         )
     image = _to_sitk(array, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{image_stem(path)}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, temporary, useCompression=compress)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=compress))
     return path
 
 

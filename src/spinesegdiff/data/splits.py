@@ -11,15 +11,14 @@ the paper's (``SPIDER_107``, ``SPIDER_107_t2_085``) and nnU-Net style ``SPIDER_1
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from spinesegdiff.errors import InputError, MissingInputError
+from spinesegdiff.files import atomic_write_text
 
 Split = list[dict[str, list[str]]]
 _PATIENT = re.compile(r"^(?:SPIDER_)?0*(?P<patient>\d+)(?:_.*)?$")
@@ -73,10 +72,7 @@ def save_split(split: Split, path: str | Path) -> Path:
     """Write ``split`` as ``splits_final.json`` (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".splits.", suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(split, stream, indent=2)
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(split, indent=2))
     return path
 
 
