@@ -214,7 +214,7 @@ def test_load_cache_errors(tmp_path: Path) -> None:
 
 
 def test_cli_registries_match_the_package() -> None:
-    from spinesegdiff import cli
+    from spinesegdiff.cli import train as cli
     from spinesegdiff.models.config import PRESETS, VARIANTS
 
     assert cli.PRESETS == PRESETS and cli.VARIANTS == VARIANTS
