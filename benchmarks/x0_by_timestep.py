@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from spinesegdiff.data.folds import run_held_out_slices
-from spinesegdiff.diffusion import add_noise
+from spinesegdiff.diffusion import DDIMScheduler, add_noise
 from spinesegdiff.models import model_prediction_type
-from spinesegdiff.models.checkpoint import load_checkpoint, load_model, resolve_model_file
+from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model, resolve_model_file
 from spinesegdiff.pipelines.sampling import logits_to_x0
-from spinesegdiff.training.loop import TrainConfig, batch_tensors, make_scheduler, one_hot_x0
+from spinesegdiff.training.loop import batch_tensors, one_hot_x0
 
 TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 
@@ -29,12 +29,12 @@ TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 def x0_dice_by_timestep(run: str, timesteps: tuple[int, ...] = TIMESTEPS, seed: int = 0) -> dict[int, float]:
     """``{t: mean Dice of (x0_hat > 0) against the truth over slices and the three structures}``."""
     model_file = resolve_model_file(run)
-    net, model_config, _ = load_model(model_file, map_location="cpu")
+    net, model_config, payload = load_model(model_file, map_location="cpu")
     net.eval()
-    saved = load_checkpoint(model_file, map_location="cpu")["train_config"]
-    _, cache, test = run_held_out_slices(saved, run)
-    scheduler = make_scheduler(TrainConfig.from_dict(saved), model_config)
+    _, cache, test = run_held_out_slices(payload["train_config"], run)
     prediction_type = model_prediction_type(model_config)
+    scheduler = DDIMScheduler(checkpoint_scheduler(payload, model_file).noise_schedule(),
+                              prediction_type=prediction_type)
     image, labels = batch_tensors(cache, test, torch.device("cpu"))
     truth = one_hot_x0(labels) > 0.5
     noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))

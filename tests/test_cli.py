@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -17,13 +19,14 @@ from spinesegdiff.data.io import Geometry, read_image, write_image
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "spinesegdiff", *args],
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=120,
-    )
+    """``spinesegdiff ARGS`` in this process (what a user's shell sees: exit code, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse: --help, or a usage error
+            code = exit_.code
+    return subprocess.CompletedProcess(["spinesegdiff", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_help_is_instant_and_lists_commands() -> None:
@@ -34,7 +37,8 @@ def test_help_is_instant_and_lists_commands() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, spinesegdiff.cli; print('torch' in sys.modules, 'SimpleITK' in sys.modules)",
+            "import sys, spinesegdiff.cli; spinesegdiff.cli.build_parser(); "
+            "print('torch' in sys.modules, 'SimpleITK' in sys.modules)",
         ],
         capture_output=True,
         text=True,
@@ -75,6 +79,7 @@ def test_preprocess_synthetic_spider_folder(make_spider_folder, tmp_path: Path, 
     assert cache.indices(patients=["3"]) == list(range(5, 10))
 
 
+@pytest.mark.slow
 def test_preprocess_real_subset(spider_subset: Path, tmp_path: Path) -> None:
     out = tmp_path / "cache"
     assert main(["preprocess", "--data", str(spider_subset), "--out", str(out), "--quiet"]) == 0
@@ -205,7 +210,7 @@ def test_folder_with_a_foreign_manifest_is_not_overwritten(make_spider_folder, t
 
 
 def test_load_cache_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="nothing"):
         load_cache(tmp_path / "nothing")
     from spinesegdiff.errors import InputError
 
@@ -213,8 +218,40 @@ def test_load_cache_errors(tmp_path: Path) -> None:
         load_cache(tmp_path)
 
 
-def test_cli_registries_match_the_package() -> None:
-    from spinesegdiff.cli import train as cli
-    from spinesegdiff.models.config import PRESETS, VARIANTS
+def _choices(parser) -> dict[tuple[str, str], tuple]:
+    """``(command, option) -> choices`` of every option of every command that has choices."""
+    import argparse
 
-    assert cli.PRESETS == PRESETS and cli.VARIANTS == VARIANTS
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return {(name, action.option_strings[-1]): tuple(action.choices)
+            for name, command in commands.items() for action in command._actions
+            if action.choices is not None and action.option_strings}
+
+
+def test_cli_choices_come_from_the_registries() -> None:
+    from spinesegdiff.cli import build_parser
+    from spinesegdiff.data.spider import CONTRAST_SETS
+    from spinesegdiff.devices import DEVICE_CHOICES
+    from spinesegdiff.diffusion import SCHEDULE_KINDS
+    from spinesegdiff.models.config import PRESETS, VARIANTS
+    from spinesegdiff.pipelines.settings import BACKENDS, PRECISIONS, PRESEGMENTERS
+
+    registries = {"--device": DEVICE_CHOICES, "--precision": PRECISIONS, "--backend": BACKENDS,
+                  "--contrast": CONTRAST_SETS, "--preset": PRESETS, "--variant": VARIANTS,
+                  "--schedule": SCHEDULE_KINDS}
+    choices = _choices(build_parser())
+    for (command, option), allowed in choices.items():
+        if option in registries:
+            assert allowed == tuple(registries[option]), (command, option)
+    for command in ("predict", "demo"):
+        assert choices[(command, "--preseg")] == PRESEGMENTERS
+    seen = {option for _, option in choices}
+    assert seen >= {"--device", "--precision", "--backend", "--contrast", "--preset", "--variant", "--preseg"}
+
+
+def test_format_help_lists_the_output_formats() -> None:
+    from spinesegdiff.cli.options import output_format_help
+    from spinesegdiff.pipelines.settings import OUTPUT_FORMATS
+
+    assert output_format_help().startswith("output format: nii.gz, mha, nrrd, nii (")
+    assert all(f.removeprefix(".") in output_format_help() for f in OUTPUT_FORMATS)

@@ -188,3 +188,22 @@ def test_step_on_cuda_matches_cpu() -> None:
     out_gpu = scheduler.step(0.3 * x.cuda(), 500, x.cuda(), generator=torch.Generator().manual_seed(5))
     assert out_gpu.prev_sample.is_cuda
     torch.testing.assert_close(out_gpu.prev_sample.cpu(), out_cpu.prev_sample, atol=1e-5, rtol=1e-5)
+
+
+def test_scheduler_config_round_trip_and_reading_saved_settings() -> None:
+    from spinesegdiff.diffusion import SchedulerConfig
+
+    cosine = SchedulerConfig(schedule="cosine", num_train_timesteps=50)
+    assert SchedulerConfig.from_dict(cosine.to_dict()) == cosine
+    torch.testing.assert_close(cosine.noise_schedule().betas, make_schedule("cosine", 50).betas)
+    assert SchedulerConfig.from_train_settings({"schedule": "cosine", "num_train_timesteps": 50}) == cosine
+    assert SchedulerConfig.from_train_settings({"scheduler": cosine.to_dict(), "folds": {}}) == cosine
+    assert SchedulerConfig.from_train_settings(None) == SchedulerConfig(schedule="linear", num_train_timesteps=1000)
+    with pytest.raises(ValueError, match="name no noise schedule"):
+        SchedulerConfig.from_train_settings({"epochs": 3})
+    with pytest.raises(ValueError, match="unknown scheduler settings: beta_end"):
+        SchedulerConfig.from_dict({"schedule": "linear", "beta_end": 0.02})
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        SchedulerConfig(schedule="quadratic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_train_timesteps must be a positive integer"):
+        SchedulerConfig(num_train_timesteps=0)

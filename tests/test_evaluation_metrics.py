@@ -51,13 +51,14 @@ def test_benjamini_hochberg_against_a_hand_computed_example() -> None:
     # sorted 0.01, 0.03, 0.04, 0.2 -> 4p/rank 0.04, 0.06, 0.0533, 0.2 -> running minimum from the top
     np.testing.assert_allclose(q, [0.04, 0.16 / 3, 0.16 / 3, 0.2])
     with_nan = benjamini_hochberg([0.01, float("nan"), 0.02])
-    np.testing.assert_allclose(with_nan[[0, 2]], [0.02, 0.02]) and np.isnan(with_nan[1])
+    np.testing.assert_allclose(with_nan[[0, 2]], [0.02, 0.02])  # m = 2: the NaN does not count
+    assert np.isnan(with_nan[1])
     assert benjamini_hochberg([0.5])[0] == 0.5
     from scipy import stats
 
     p = np.random.default_rng(0).random(12) ** 2
     np.testing.assert_allclose(benjamini_hochberg(p), stats.false_discovery_control(p, method="bh"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"p-values must lie in \[0, 1\]"):
         benjamini_hochberg([1.5])
 
 

@@ -1,15 +1,14 @@
-"""Segmenter, ONNX Runtime backend, held-out fold evaluation and the benchmark, on tiny models."""
+"""Segmenter, ONNX Runtime and OpenVINO backends, precision, on tiny models."""
 
 from __future__ import annotations
 
-import json
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from spinesegdiff.data.cache import build_cache
 from spinesegdiff.models import ModelConfig, build_model
 from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
@@ -75,8 +74,13 @@ def test_openvino_backend_matches_pytorch_and_reuses_its_cache(tmp_path: Path, m
     from spinesegdiff.pipelines.backends.openvino import OpenVinoDenoiser
 
     torch.manual_seed(1)
-    net = build_model(TINY).eval()
-    converted = OpenVinoDenoiser(net, threads=1, cache=tmp_path)
+    caller = build_model(TINY).to(torch.bfloat16).train()  # converted from a float32 CPU copy, left as it is
+    before = {name: tensor.clone() for name, tensor in caller.state_dict().items()}
+    converted = OpenVinoDenoiser(caller, threads=1, cache=tmp_path)
+    assert {p.dtype for p in caller.parameters()} == {torch.bfloat16} and caller.training
+    for name, tensor in caller.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+    net = copy.deepcopy(caller).float().eval()  # the same weights in float32: the cached graph is this one's
     assert len(list((tmp_path / "openvino").glob("denoiser-*.xml"))) == 1
     image = torch.rand(1, 1, 320, 320) * 2 - 1
     x_t = torch.randn(3, 3, 320, 320)
@@ -102,6 +106,37 @@ def test_openvino_backend_matches_pytorch_and_reuses_its_cache(tmp_path: Path, m
                                eager.segment(_slices(1)).probabilities, atol=1e-3)
 
 
+def test_onnx_backend_leaves_the_callers_network_alone() -> None:
+    """The ONNX export runs on a CPU copy in eval mode; the caller's network keeps its mode and weights (the
+    OpenVINO backend's copy is checked with a bfloat16 network above)."""
+    pytest.importorskip("onnxruntime")
+    from spinesegdiff.pipelines.backends.onnx import OnnxDenoiser
+
+    torch.manual_seed(1)
+    net = build_model(TINY).train()
+    before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
+    OnnxDenoiser(net, threads=1)
+    assert net.training and {p.device.type for p in net.parameters()} == {"cpu"}
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(tensor, before[name], rtol=0, atol=0)
+
+
+def test_nnunet_folder_variables_are_set_only_while_nnunet_is_imported(monkeypatch) -> None:
+    import os
+
+    from spinesegdiff.pipelines.nnunet import NNUNET_FOLDER_VARIABLES, environment_defaults
+
+    raw, _, results = NNUNET_FOLDER_VARIABLES
+    monkeypatch.delenv(raw, raising=False)
+    monkeypatch.setenv(results, "/mine")
+    with environment_defaults({raw: "/placeholder", results: "/placeholder"}):
+        assert os.environ[raw] == "/placeholder" and os.environ[results] == "/mine"
+    assert raw not in os.environ and os.environ[results] == "/mine"
+    with pytest.raises(RuntimeError, match="inside"), environment_defaults({raw: "/placeholder"}):
+        raise RuntimeError("inside")
+    assert raw not in os.environ
+
+
 def test_backend_choice_follows_what_is_installed(monkeypatch) -> None:
     from spinesegdiff.errors import SpineSegDiffError
     from spinesegdiff.pipelines.backends import openvino as openvino_backend
@@ -120,47 +155,26 @@ def test_backend_choice_follows_what_is_installed(monkeypatch) -> None:
         resolve_backend("openvino", torch.device("cuda"))
 
 
-def test_held_out_fold_evaluation(make_spider_folder, tmp_path: Path) -> None:
-    from spinesegdiff.evaluation.fold_test import evaluate_test_fold
-    from spinesegdiff.training.loop import TrainConfig, train
-
-    root = make_spider_folder([(str(p), "t2") for p in range(1, 7)], shape=(3, 96, 80))
-    cache = build_cache(root, tmp_path / "cache", progress=False)
-    config = TrainConfig(data=str(cache.root), out=str(tmp_path / "run"), model=TINY.to_dict(), epochs=1,
-                         batch_size=2, num_folds=3, fold=2, val_fraction=0.25, val_samples=1, val_steps=2,
-                         val_fuse_steps=1)
-    run = train(config, progress=False, stop_after_steps=1)
-    report = evaluate_test_fold(run, settings=FAST, device="cpu", quiet=True)
-    assert len(report.cases) == 2 and report.model_grid.shape == (2, 3) and report.native_grid.shape == (2, 3)
-    assert ((report.native_grid >= 0) & (report.native_grid <= 1)).all()
-    summary = json.loads((run / "test_metrics.json").read_text())
-    assert summary["num_cases"] == 2 and summary["fold"] == 2 and "native_grid" in summary
-    assert (run / "test_cases.csv").read_text().count("\n") == 3
-
-
-def test_benchmark_rows(tmp_path: Path) -> None:
-    from spinesegdiff.evaluation.benchmark import run_benchmark
-    from spinesegdiff.models.checkpoint import save_checkpoint
-
-    net = build_model(TINY)
-    model = save_checkpoint(tmp_path / "tiny.pt", {"model_config": TINY.to_dict(), "train_config": None,
-                                                   "model": net.state_dict(), "ema": net.state_dict()})
-    rows = run_benchmark(model, samples=2, steps=2, fuse_steps=2, reference_steps=3, repeats=1, threads=2)
-    by_name = {row["procedure"].split(" ")[0]: row for row in rows}
-    assert by_name["(a)"]["network_calls"] == 2 * 3 and by_name["(b)"]["network_calls"] == 2
-    assert all(row["seconds"] > 0 and row["speedup_vs_a"] > 0 for row in rows)
-    assert by_name["(b32)"]["label_agreement_with_b32"] == 1.0  # (b32) against itself
-    assert all(0 <= row.get("label_agreement_with_b32", 0) <= 1 for row in rows)
-    if "(bt)" in by_name:  # (b) ran through OpenVINO: the authors' procedure is timed through it too
-        assert by_name["(a')"]["network_calls"] == 2 * 3
-
-
-def test_bfloat16_network_behind_the_float32_sampler() -> None:
-    from spinesegdiff.pipelines.segmenter import resolve_precision
+def test_auto_precision_follows_the_hardware(monkeypatch) -> None:
+    from spinesegdiff.pipelines import segmenter as module
+    from spinesegdiff.pipelines.segmenter import fast_bfloat16_available, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == torch.float32 and resolve_precision("bf16", cpu) == torch.bfloat16
-    assert resolve_precision("auto", cpu) in (torch.float32, torch.bfloat16)
+    expected = torch.bfloat16 if fast_bfloat16_available(cpu) else torch.float32
+    assert resolve_precision("auto", cpu) == expected
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(module, "fast_bfloat16_available", lambda device, native=native: native)
+        assert resolve_precision("auto", cpu) == dtype
+        assert resolve_precision("fp32", cpu) == torch.float32  # an explicit choice wins
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def test_bfloat16_network_behind_the_float32_sampler() -> None:
+    cpu = torch.device("cpu")
     torch.manual_seed(2)
     net = build_model(TINY)
     fp32 = Segmenter(net, TINY, None, device=cpu, settings=SamplerSettings(num_samples=2, num_steps=3,
@@ -173,6 +187,13 @@ def test_bfloat16_network_behind_the_float32_sampler() -> None:
     assert bf16.describe()["precision"] == "bf16" and fp32.describe()["precision"] == "fp32"
     a, b = fp32.segment(_slices(1)), bf16.segment(_slices(1))
     assert b.probabilities.dtype == np.float32
-    np.testing.assert_allclose(b.probabilities, a.probabilities, atol=0.1)
+    for k in (1, 2, 3):
+        assert _dice(a.labels == k, b.labels == k) >= 0.98, k
+    # bfloat16 keeps 8 significant bits: each stored value is off by up to 2^-9 (0.2 %) relatively; over the
+    # network's layers and the DDIM steps that adds up to about 1e-2 in the x0 logits, which the sigmoid
+    # (slope <= 1/4) turns into < 5e-3 in the probabilities (measured: 6e-3 at most, 7e-4 on average). 0.02
+    # leaves a margin of 3, and still fails when the bf16 path computes something else (a 0.1 tolerance did not)
+    np.testing.assert_allclose(b.probabilities, a.probabilities, atol=0.02)
+    assert float(np.abs(b.probabilities - a.probabilities).mean()) < 2e-3
     with pytest.raises(ValueError, match="precision must be one of"):
         SamplerSettings(precision="fp16")

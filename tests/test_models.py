@@ -159,9 +159,9 @@ def test_config_round_trip_through_json() -> None:
 
 def test_config_is_frozen_and_keyword_only() -> None:
     config = preset_config("tiny")
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="cannot assign to field 'dropout'"):
         config.dropout = 0.5  # type: ignore[misc]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="positional argument"):
         ModelConfig("spinesegdiff")  # type: ignore[misc]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
 import json
 import subprocess
 import sys
@@ -16,7 +19,10 @@ from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.models import ModelConfig, build_model
 from spinesegdiff.models.checkpoint import save_checkpoint
 
-FAST = ["--samples", "2", "--steps", "2", "--fuse-steps", "2"]
+FAST = ["--samples", "2", "--steps", "2", "--fuse-steps", "2", "--backend", "torch"]  # OpenVINO: test_inference
+SAMPLE_GOLDEN = Path(__file__).parent / "data" / "spider_107_t2_SPACE_central_labels.npz"
+"""The default pipeline's labels on the central slice of the shipped sample scan (native grid, 640 x 512), as
+recorded when the shipped models were made; a uint8 label map, 4 KB compressed."""
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +32,25 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     net = build_model(config)
     save_checkpoint(path, {"model_config": config.to_dict(), "train_config": {"schedule": "linear"},
+                           "scheduler": {"schedule": "linear", "num_train_timesteps": 1000},
                            "model": net.state_dict(), "ema": net.state_dict()})
     return path
 
 
 def predict(*args: str) -> subprocess.CompletedProcess:
+    """``spinesegdiff predict ARGS`` in this process (the import of torch is paid once, not per test)."""
+    from spinesegdiff.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(["predict", *args])
+        except SystemExit as exit_:  # argparse: --help, or a usage error
+            code = exit_.code
+    return subprocess.CompletedProcess(["spinesegdiff", "predict", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def predict_in_a_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "spinesegdiff", "predict", *args], capture_output=True,
                           encoding="utf-8", errors="replace", timeout=300)
 
@@ -50,6 +70,7 @@ def _write_phantom(path: Path, **kwargs) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_real_mha_outputs_keep_the_geometry(spider_subset: Path, tiny_model: Path, tmp_path: Path) -> None:
     scan = spider_subset / "images" / "118_t2_SPACE.mha"
     result = predict("-i", str(scan), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST, "--quiet")
@@ -71,6 +92,7 @@ def test_real_mha_outputs_keep_the_geometry(spider_subset: Path, tiny_model: Pat
     assert report["sampler"]["num_samples"] == 2
 
 
+@pytest.mark.slow
 def test_tptbox_nifti_volume_mode(tptbox_sample: Path, tiny_model: Path, tmp_path: Path) -> None:
     scan = tptbox_sample / "sub-mri_label-6_T2w.nii.gz"
     result = predict("-i", str(scan), "-o", str(tmp_path), "--model", str(tiny_model), "--samples", "1",
@@ -110,7 +132,7 @@ def test_batch_mode_continues_past_a_bad_file(tiny_model: Path, tmp_path: Path) 
         _write_phantom(folder / name, shape=(3, 160, 120), spacing=(1.5, 1.5, 3.0))
     (folder / "b.nrrd").write_text("not an image")
     (folder / "notes.txt").write_text("ignored: not an image file name")
-    result = predict("-i", str(folder), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
+    result = predict_in_a_process("-i", str(folder), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
     assert result.returncode == 2
     assert "b.nrrd: not a readable image" in result.stderr and "1 of 3 scans failed" in result.stderr
     assert "Traceback" not in result.stderr
@@ -188,24 +210,120 @@ def test_python_api_on_an_array(tiny_model: Path) -> None:
 
     phantom = make_phantom(shape=(3, 160, 120), spacing=(1.5, 1.5, 3.0))
     result = segment((phantom.image, phantom.geometry), model=tiny_model, device="cpu",
-                     settings=SamplerSettings(num_samples=2, num_steps=2, fuse_steps=2), quiet=True)
+                     settings=SamplerSettings(num_samples=2, num_steps=2, fuse_steps=2, backend="torch"), quiet=True)
     assert result.labels.shape == phantom.image.shape and result.uncertainty.shape == phantom.image.shape
     assert result.model_grid.probabilities.shape == (1, 3, 320, 320)
     again = segment((phantom.image, phantom.geometry), model=tiny_model, device="cpu",
-                    settings=SamplerSettings(num_samples=2, num_steps=2, fuse_steps=2), quiet=True)
+                    settings=SamplerSettings(num_samples=2, num_steps=2, fuse_steps=2, backend="torch"), quiet=True)
     np.testing.assert_array_equal(result.uncertainty, again.uncertainty)  # seeded: deterministic
 
 
-def test_demo_end_to_end(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "spinesegdiff", "demo", "-o", str(tmp_path / "demo")],
-                            capture_output=True, encoding="utf-8", errors="replace", timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "segmented the shipped sample scan" in result.stdout
-    names = sorted(p.name for p in (tmp_path / "demo").iterdir())
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """What ``spinesegdiff demo`` runs: the default pipeline (the shipped U-Net, then the shipped refiner from
+    T_pre = 30) on the shipped sample scan, written to a folder; in PyTorch (OpenVINO's conversion of the model
+    would take longer than the sampling; that backend is compared with PyTorch in test_inference)."""
+    from spinesegdiff.pipelines.predict import run_demo
+    from spinesegdiff.pipelines.settings import SamplerSettings
+
+    return run_demo(tmp_path_factory.mktemp("demo"), device="cpu", settings=SamplerSettings(backend="torch"))
+
+
+def test_demo_writes_readable_outputs_on_the_scans_grid(demo_run) -> None:
+    from spinesegdiff.assets import sample_scan_path
+
+    demo = demo_run.paths["segmentation"].parent
+    names = sorted(p.name for p in demo.iterdir())
     assert names == ["spider_107_t2_SPACE.json", "spider_107_t2_SPACE_overlay.png",
                      "spider_107_t2_SPACE_seg.mha", "spider_107_t2_SPACE_uncertainty.mha"]
+    labels = _assert_same_grid(demo / "spider_107_t2_SPACE_seg.mha", sample_scan_path())
+    uncertainty = _assert_same_grid(demo / "spider_107_t2_SPACE_uncertainty.mha", sample_scan_path())
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(labels, demo_run.result.labels)
+    assert uncertainty.dtype == np.float32 and uncertainty.min() >= 0 and 0 < uncertainty.max() <= 1
+    report = json.loads((demo / "spider_107_t2_SPACE.json").read_text())
+    assert report["outputs"]["segmentation"] == "spider_107_t2_SPACE_seg.mha"
+    assert report["sampler"]["presegmenter"] == "unet" and report["model"].startswith("shipped:")
+    for k, key in enumerate(("SC", "VB", "IVD")):
+        assert report["structures"][key]["pixels"] == int((labels == k + 1).sum()) > 0
+    assert (demo / "spider_107_t2_SPACE_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_overlay_leaves_matplotlib_alone(demo_run, tmp_path: Path, monkeypatch) -> None:
+    import matplotlib
+
+    from spinesegdiff.pipelines.predict import render_overlay
+
+    def no_global_backend(*args, **kwargs):
+        raise AssertionError("a library function may not switch matplotlib's backend")
+
+    monkeypatch.setattr(matplotlib, "use", no_global_backend)
+    pyplot_before = "matplotlib.pyplot" in sys.modules
+    render_overlay(demo_run.result, tmp_path / "overlay.png")
+    assert (tmp_path / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert ("matplotlib.pyplot" in sys.modules) == pyplot_before, "pyplot (global figure state) was imported"
+
+
+def test_demo_command_prints_what_run_demo_did(demo_run, monkeypatch, capsys) -> None:
+    from spinesegdiff.cli import main
+    from spinesegdiff.pipelines import predict as pipeline
+
+    asked = {}
+
+    def fake_run_demo(output, **options):
+        asked.update(options, output=output)
+        return demo_run
+
+    monkeypatch.setattr(pipeline, "run_demo", fake_run_demo)
+    assert main(["demo", "-o", "somewhere", "--device", "cpu", "--samples", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "segmented the shipped sample scan" in printed and "spinal canal" in printed.lower()
+    assert str(demo_run.paths["overlay"]) in printed
+    assert asked["output"] == Path("somewhere") and asked["device"] == "cpu" and asked["preseg"] is None
+    assert asked["settings"].num_samples == 3
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def test_shipped_models_on_the_sample_scan_match_the_golden_labels(demo_run) -> None:
+    """Needs no external data: a broken label map (argmin for argmax, a flipped axis, a wrong class order)
+    falls far below the Dice of the shipped pipeline against its own recording (1.0 on the recording machine)."""
+    from spinesegdiff.data.preprocess import native_slice
+
+    result = demo_run.result
+    central = native_slice(result.labels, result.prepared.grid, result.prepared.indices[0])
+    golden = np.load(SAMPLE_GOLDEN)["labels"]
+    assert central.shape == golden.shape == (640, 512)
+    for k in (1, 2, 3):
+        assert _dice(central == k, golden == k) >= 0.9, k
+
+
+def test_shipped_models_on_the_sample_scan_look_like_a_lumbar_spine(demo_run) -> None:
+    """Structural expectations on the model grid (rows superior -> inferior, columns anterior -> posterior)."""
+    from scipy import ndimage
+
+    labels = demo_run.result.model_grid.labels[0]
+    # shares of the 320 x 320 grid, recorded from the shipped models (0.8925, 0.0228, 0.0678, 0.0169), +- 15 %
+    for k, share in enumerate((0.8925, 0.0228, 0.0678, 0.0169)):
+        assert abs(float((labels == k).mean()) - share) <= 0.15 * share, k
+    columns = np.indices(labels.shape)[1]
+    canal, discs = columns[labels == 1].mean(), columns[labels == 3].mean()
+    assert canal > discs + 10, "the spinal canal lies posterior to the discs"
+    # vertebral bodies (components anterior to the canal) and discs alternate from superior to inferior
+    parts = []
+    for k in (2, 3):
+        components, count = ndimage.label(labels == k)
+        for index, (row, column) in enumerate(ndimage.center_of_mass(labels == k, components, range(1, count + 1))):
+            if column < canal and (components == index + 1).sum() >= 50:
+                parts.append((row, k))
+    order = [k for _, k in sorted(parts)]
+    assert order.count(3) >= 5, order  # at least the five lumbar discs
+    assert all(a != b for a, b in itertools.pairwise(order)), order
+
+
+@pytest.mark.slow
 def test_shipped_model_regression_guard(spider_subset: Path) -> None:
     """Not an evaluation (the shipped model saw every shared patient): a guard against a broken model file."""
     from spinesegdiff import segment
@@ -228,3 +346,61 @@ def test_predict_help_lists_the_options() -> None:
     for option in ("--volume", "--samples", "--fuse-steps", "--device", "--format", "--model", "--seed", "--preseg",
                    "--preseg-model", "--preseg-steps", "--backend"):
         assert option in result.stdout
+
+
+# --- the presegmenter rule: one place (pipelines.presegmenters.resolve_presegmenter), CLI and API alike ----------
+
+
+def test_presegmenter_rule() -> None:
+    from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.pipelines.presegmenters import (
+        UNetPresegmenter,
+        default_presegmenter_kind,
+        resolve_presegmenter,
+    )
+
+    assert default_presegmenter_kind(user_model=False) == "unet"
+    assert default_presegmenter_kind(user_model=True) == "none"
+    assert resolve_presegmenter(None, user_model=True) is None
+    assert isinstance(resolve_presegmenter(None, user_model=False, device="cpu"), UNetPresegmenter)
+    with pytest.raises(SpineSegDiffError, match="a presegmenter model was given without a presegmenter"):
+        resolve_presegmenter("none", "unet.pt", user_model=False)
+    with pytest.raises(SpineSegDiffError, match="T_pre = 30 was given without a presegmenter"):
+        resolve_presegmenter(None, user_model=True, preseg_steps=30)
+    with pytest.raises(SpineSegDiffError, match="needs --preseg-model"):
+        resolve_presegmenter("nnunet", user_model=False)
+    with pytest.raises(SpineSegDiffError, match="unknown presegmenter 'sam'"):
+        resolve_presegmenter("sam", user_model=False)
+
+
+def test_api_and_cli_refuse_a_presegmenter_model_without_a_presegmenter(tiny_model: Path, tmp_path: Path) -> None:
+    from spinesegdiff import segment
+    from spinesegdiff.errors import SpineSegDiffError
+
+    scan = _write_phantom(tmp_path / "scan.mha", shape=(3, 160, 120), spacing=(1.5, 1.5, 3.0))
+    with pytest.raises(SpineSegDiffError, match="without a presegmenter"):  # a user's model: no presegmenter
+        segment(scan, model=tiny_model, preseg_model=tiny_model, device="cpu", quiet=True)
+    out = tmp_path / "out"
+    _assert_refused(predict("-i", str(scan), "-o", str(out), "--model", str(tiny_model), "--preseg-model",
+                            str(tiny_model)), "without a presegmenter", out)
+
+
+def test_predict_scans_checks_before_any_work_and_reports_each_scan(tiny_model: Path, tmp_path: Path) -> None:
+    from spinesegdiff.errors import InputError, MissingInputError
+    from spinesegdiff.pipelines.predict import predict_scans
+    from spinesegdiff.pipelines.settings import SamplerSettings
+
+    settings = SamplerSettings(num_samples=1, num_steps=1, fuse_steps=1, backend="torch")
+    with pytest.raises(MissingInputError, match="absent: no such file or folder"):
+        predict_scans(tmp_path / "absent", tmp_path / "out", model=tiny_model)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    _write_phantom(folder / "a.mha", shape=(3, 160, 120), spacing=(1.5, 1.5, 3.0))
+    (folder / "b.nrrd").write_text("not an image")
+    with pytest.raises(InputError, match="output format 'jpg' is not one of"):
+        predict_scans(folder, tmp_path / "out", model=tiny_model, output_format="jpg")
+    outcomes = list(predict_scans(folder, tmp_path / "out", model=tiny_model, settings=settings, device="cpu",
+                                  quiet=True))
+    assert [(o.scan.name, o.index, o.total, o.ok) for o in outcomes] == [("a.mha", 0, 2, True), ("b.nrrd", 1, 2, False)]
+    assert outcomes[0].paths["segmentation"] == tmp_path / "out" / "a_seg.mha" and outcomes[0].seconds > 0
+    assert "b.nrrd: not a readable image" in outcomes[1].error and outcomes[1].paths is None

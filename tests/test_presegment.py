@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spinesegdiff.data.folds import crossfit_parts, fold_data
+from spinesegdiff.diffusion import SchedulerConfig
 from spinesegdiff.models import ModelConfig, build_model, preset_config
 from spinesegdiff.pipelines.presegmenters import (
     CrossFittedPresegmenter,
@@ -16,7 +17,8 @@ from spinesegdiff.pipelines.presegmenters import (
     load_presegmenter,
 )
 from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
-from spinesegdiff.training.loop import TrainConfig, train
+from spinesegdiff.training.config import TrainConfig
+from spinesegdiff.training.loop import train
 
 TINY_UNET = {"variant": "unet", "widths": [8, 8, 16], "time_embed_dim": 32}
 TINY_DIFFUSION = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32)
@@ -26,7 +28,7 @@ def _config(cache_root: Path, out: Path, **overrides) -> TrainConfig:
     settings = dict(data=str(cache_root), out=str(out), model=TINY_UNET, epochs=1, batch_size=2, val_every=1,
                     val_samples=1, val_steps=2, val_fuse_steps=2, num_folds=4, fold=1, val_fraction=0.2)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_dict(settings)
 
 
 class FakePresegmenter:
@@ -80,8 +82,8 @@ def test_refinement_starts_at_t_pre_and_counts_its_network_calls() -> None:
     fake = FakePresegmenter()
     settings = SamplerSettings(num_samples=2, num_steps=10, fuse_steps=10, precision="fp32", backend="torch",
                                preseg_steps=30)
-    segmenter = Segmenter(counting, TINY_DIFFUSION, {"schedule": "cosine"}, device=torch.device("cpu"),
-                          settings=settings, presegmenter=fake)
+    segmenter = Segmenter(counting, TINY_DIFFUSION, None, device=torch.device("cpu"), settings=settings,
+                          presegmenter=fake, scheduler_config=SchedulerConfig(schedule="cosine"))
     images = np.zeros((2, 320, 320), dtype=np.uint8)
     result = segmenter.segment(images)
     assert settings.refine_steps() == 2 and result.network_calls == 2 * 2  # 2 steps per image, not 10
@@ -126,14 +128,14 @@ def test_crossfit_parts_and_assignment() -> None:
 
 def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: Path) -> None:
     base = _config(small_cache.root, tmp_path / "unet")
-    data = fold_data(base.fold_settings(), small_cache)
+    data = fold_data(base.folds, small_cache)
     patients = sorted({small_cache.entries[i].patient for i in [*data.train, *data.validation]}, key=int)
     part_a, part_b = crossfit_parts(patients, 2)
     unet_a = train(_config(small_cache.root, tmp_path / "unet-a", holdout_patients=part_a), progress=False,
                    stop_after_steps=2)
     unet_b = train(_config(small_cache.root, tmp_path / "unet-b", holdout_patients=part_b), progress=False,
                    stop_after_steps=2)
-    a_data = fold_data(_config(small_cache.root, tmp_path / "x", holdout_patients=part_a).fold_settings(), small_cache)
+    a_data = fold_data(_config(small_cache.root, tmp_path / "x", holdout_patients=part_a).folds, small_cache)
     assert not {small_cache.entries[i].patient for i in [*a_data.train, *a_data.validation]} & set(part_a)
     presegmenter = load_presegmenter("unet", unet_a, device="cpu")
     assert presegmenter(np.zeros((1, 320, 320), np.uint8)).shape == (1, 4, 320, 320)
@@ -145,6 +147,7 @@ def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: 
     segmenter = Segmenter.from_checkpoint(run, device="cpu", presegmenter=presegmenter,
                                           settings=SamplerSettings(num_samples=2, backend="torch"))
     assert segmenter.segment(np.zeros((1, 320, 320), np.uint8)).network_calls == 2
+    assert segmenter.scheduler_config == SchedulerConfig(schedule="cosine")  # as trained, from the checkpoint
 
     from spinesegdiff.errors import SpineSegDiffError
 
@@ -155,11 +158,11 @@ def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: 
 
 def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Path) -> None:
     pytest.importorskip("nnunetv2", reason="nnU-Net v2 is an optional extra: pip install 'spinesegdiff[nnunet]'")
-    from spinesegdiff.pipelines import nnunet
+    from spinesegdiff.training import nnunet
 
     folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
     cases = [e.case for e in small_cache.entries]
-    split = fold_data(_config(small_cache.root, tmp_path / "x").fold_settings(), small_cache).split
+    split = fold_data(_config(small_cache.root, tmp_path / "x").folds, small_cache).split
     dataset = nnunet.export_dataset(np.asarray(small_cache.images), np.asarray(small_cache.labels), cases, folders,
                                     dataset_id=987, name="Phantoms", split=split)
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
@@ -177,11 +180,11 @@ def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Pat
 def test_tiny_nnunet_end_to_end(small_cache, tmp_path: Path) -> None:
     """Export, nnU-Net's planning and preprocessing, 1 epoch of 2 iterations, and prediction as a presegmenter."""
     pytest.importorskip("nnunetv2", reason="nnU-Net v2 is an optional extra: pip install 'spinesegdiff[nnunet]'")
-    from spinesegdiff.pipelines import nnunet
+    from spinesegdiff.training import nnunet
 
     folders = nnunet.NnUNetFolders(tmp_path / "nnunet")
     cases = [e.case for e in small_cache.entries]
-    split = fold_data(_config(small_cache.root, tmp_path / "x").fold_settings(), small_cache).split
+    split = fold_data(_config(small_cache.root, tmp_path / "x").folds, small_cache).split
     nnunet.export_dataset(np.asarray(small_cache.images), np.asarray(small_cache.labels), cases, folders,
                           dataset_id=989, name="Tiny", split=split)
     nnunet.plan_and_preprocess(989, folders, processes=1, log=tmp_path / "plan.log")

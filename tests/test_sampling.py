@@ -336,8 +336,11 @@ def test_real_tiny_network_encodes_the_image_once() -> None:
     calls = {"encode": 0, "forward": 0}
     encode = net.encode_image
 
+    grad_enabled = []
+
     def counting_encode(image: torch.Tensor) -> list[torch.Tensor]:
         calls["encode"] += 1
+        grad_enabled.append(torch.is_grad_enabled())
         return encode(image)
 
     net.encode_image = counting_encode  # type: ignore[method-assign]
@@ -347,6 +350,7 @@ def test_real_tiny_network_encodes_the_image_once() -> None:
     assert calls == {"encode": 1, "forward": 3}
     assert result.labels.shape == (1, 16, 16)
     assert net.image_encoder is not None
+    assert grad_enabled == [False], "the sampler records no autograd graph, the image encoder's pass included"
 
 
 @pytest.mark.parametrize(

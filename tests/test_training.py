@@ -1,4 +1,5 @@
-"""Training: a 2-step run and its resume, checkpoints, augmentation, fold bookkeeping, and learnability."""
+"""Training: a 2-step run and its resume (equal to an uninterrupted run), the sectioned settings, checkpoints and
+their scheduler, augmentation, fold bookkeeping, and learnability."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from spinesegdiff.data.augment import AugmentConfig, augment_batch, invert_contr
 from spinesegdiff.data.folds import fold_data
 from spinesegdiff.data.splits import patient_of
 from spinesegdiff.errors import InputError
-from spinesegdiff.models.checkpoint import export_weights, load_checkpoint, load_model
-from spinesegdiff.training.loop import TrainConfig, train
+from spinesegdiff.models.checkpoint import export_weights, load_checkpoint, load_model, save_checkpoint
+from spinesegdiff.training.config import FLAT_KEYS, TrainConfig, make_train_config
+from spinesegdiff.training.loop import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = {"variant": "spinesegdiff", "widths": [8, 8, 16], "time_embed_dim": 32}
 
@@ -24,12 +28,12 @@ def _config(cache_root: Path, out: Path, **overrides) -> TrainConfig:
     settings = dict(data=str(cache_root), out=str(out), model=TINY_MODEL, epochs=2, batch_size=2, val_every=1,
                     val_samples=1, val_steps=2, val_fuse_steps=2, num_folds=4, fold=1, val_fraction=0.2)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig.from_dict(settings)  # the flat form
 
 
 def test_fold_bookkeeping_keeps_test_and_validation_apart(small_cache) -> None:
     config = _config(small_cache.root, Path("unused"))
-    data = fold_data(config.fold_settings(), small_cache)
+    data = fold_data(config.folds, small_cache)
     patients = lambda idx: {small_cache.entries[i].patient for i in idx}  # noqa: E731
     assert data.train and data.validation and data.test
     assert not patients(data.train) & patients(data.test)
@@ -45,9 +49,12 @@ def test_two_steps_then_resume(small_cache, tmp_path: Path) -> None:
     train(config, progress=False, stop_after_steps=2)
     first = load_checkpoint(out / "last.pt")
     assert first["step"] == 2 and first["epoch"] == 0
-    assert first["train_config"]["fold"] == 1 and first["model_config"]["widths"] == [8, 8, 16]
-    assert set(first) >= {"model", "ema", "optimizer", "rng", "history", "best_metric"}
-    assert (out / "best.pt").exists() and json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
+    assert first["train_config"]["folds"]["fold"] == 1 and first["model_config"]["widths"] == [8, 8, 16]
+    assert set(first) >= {"model", "ema", "optimizer", "rng", "history", "best_metric", "scheduler"}
+    saved = json.loads((out / "config.json").read_text())
+    assert (out / "best.pt").exists() and saved["train"]["optimisation"]["epochs"] == 2
+    assert TrainConfig.from_dict(saved["train"]) == config and saved["scheduler"] == first["scheduler"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     assert len(json.loads((out / "splits_final.json").read_text())) == 4
     with pytest.raises(InputError, match="already holds a training run"):
         train(config, progress=False)
@@ -101,9 +108,13 @@ def test_train_cli(small_cache, tmp_path: Path, capsys) -> None:
                  str(settings), "--fold", "all", "--quiet", "--device", "cpu"])
     assert code == 0
     saved = load_checkpoint(tmp_path / "run" / "best.pt")
-    assert saved["train_config"]["fold"] == -1 and saved["epoch"] == 1
+    assert saved["train_config"]["folds"]["fold"] == -1 and saved["epoch"] == 1
     assert main(["train", "--data", str(small_cache.root), "--out", str(tmp_path / "r2"), "--epochs", "0"]) == 2
     assert "invalid training settings" in capsys.readouterr().err
+    settings.write_text(json.dumps({"epochs": 1, "epoch_count": 3}))
+    assert main(["train", "--data", str(small_cache.root), "--out", str(tmp_path / "r3"), "--config",
+                 str(settings)]) == 2
+    assert "unknown training settings: epoch_count" in capsys.readouterr().err
 
 
 def test_augmentation_is_seeded_and_keeps_ranges() -> None:
@@ -183,6 +194,144 @@ def test_distributed_data_parallel_on_cpu(small_cache, tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     saved = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    data = fold_data(TrainConfig.from_dict(saved["train_config"]).fold_settings(), small_cache)
+    data = fold_data(TrainConfig.from_dict(saved["train_config"]).folds, small_cache)
     # each process draws batch_size slices per step: the epoch has half the steps of a single process
     assert saved["step"] == -(-len(data.train) // 2)
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(small_cache, tmp_path: Path) -> None:
+    whole = _config(small_cache.root, tmp_path / "whole")
+    steps_per_epoch = -(-len(fold_data(whole.folds, small_cache).train) // 2)
+    assert steps_per_epoch >= 3
+    train(whole, progress=False)
+    expected = load_checkpoint(tmp_path / "whole" / "last.pt")
+    parts = _config(small_cache.root, tmp_path / "parts")
+    train(parts, progress=False, stop_after_steps=1)  # stops within the first epoch
+    train(parts, progress=False, resume=True, stop_after_steps=steps_per_epoch)  # and within the second
+    stopped = load_checkpoint(tmp_path / "parts" / "last.pt")
+    assert (stopped["epoch"], stopped["step_in_epoch"], len(stopped["epoch_losses"])) == (1, 1, 1)
+    train(parts, progress=False, resume=True)
+    resumed = load_checkpoint(tmp_path / "parts" / "last.pt")
+    assert resumed["step"] == expected["step"] == 2 * steps_per_epoch and resumed["epoch"] == 2
+    for key in ("model", "ema"):
+        for name, value in expected[key].items():
+            assert torch.equal(resumed[key][name], value), f"{key}: {name}"
+    assert resumed["history"][-1] == {**expected["history"][-1], "minutes": resumed["history"][-1]["minutes"]}
+
+
+def test_train_leaves_the_global_random_state_and_threads_alone(small_cache, tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    before, threads = torch.get_rng_state(), torch.get_num_threads()
+    train(_config(small_cache.root, tmp_path / "run", threads=threads + 1), progress=False, stop_after_steps=1)
+    assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
+
+
+def test_flat_and_nested_settings_read_alike() -> None:
+    from spinesegdiff.training.config import SECTIONS
+
+    flat = {"data": "d", "out": "o", "fold": 2, "num_folds": 4, "seed": 7, "epochs": 3, "schedule": "cosine",
+            "val_steps": 4, "preseg_focus_timestep": 10, "device": "cpu", "variant": "unet",
+            "augment": {"enabled": False}, "holdout_patients": ["3"]}
+    config = TrainConfig.from_dict(flat)
+    assert (config.folds.fold, config.folds.val_seed, config.optimisation.seed) == (2, 7, 7)
+    assert config.scheduler.schedule == "cosine" and config.network.variant == "unet"
+    assert not config.augment.enabled and config.folds.holdout_patients == ("3",)
+    nested = json.loads(json.dumps(config.to_dict()))
+    assert set(nested) == {"data", "out", *SECTIONS} and nested["optimisation"]["epochs"] == 3
+    assert TrainConfig.from_dict(nested) == config
+
+
+def test_unknown_and_invalid_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown training settings: colour, epoch$"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "epoch": 3, "colour": 1})
+    with pytest.raises(ValueError, match="unknown optimisation settings: fold"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "optimisation": {"fold": 1}})
+    with pytest.raises(ValueError, match="preseg_max_timestep < num_train_timesteps"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "num_train_timesteps": 100})
+    with pytest.raises(ValueError, match="need data and out"):
+        TrainConfig.from_dict({"epochs": 3})
+    with pytest.raises(ValueError, match="fold must be -1"):
+        TrainConfig.from_dict({"data": "d", "out": "o", "fold": 5})
+
+
+def test_every_flag_names_a_flat_setting() -> None:
+    from spinesegdiff.cli.train import _TRAIN_FLAGS
+
+    assert set(_TRAIN_FLAGS.values()) <= set(FLAT_KEYS)
+    assert FLAT_KEYS["seed"] == "optimisation" and FLAT_KEYS["schedule"] == "scheduler"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_config_files_are_nested_and_load(path: Path) -> None:
+    from spinesegdiff.training.config import SECTIONS
+
+    assert set(json.loads(path.read_text())) <= set(SECTIONS)
+    config = make_train_config(path, {"data": "d", "out": "o", "fold": "all", "seed": None})
+    assert config.folds.fold == -1 and config.runtime.threads == 2 and config.optimisation.lr_schedule == "cosine"
+
+
+def test_flags_override_a_nested_file(tmp_path: Path) -> None:
+    from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.training.config import OptimisationSettings
+
+    file = tmp_path / "settings.json"
+    file.write_text(json.dumps({"optimisation": {"seed": 1, "epochs": 5}, "folds": {"fold": 1}}))
+    config = make_train_config(file, {"data": "d", "out": "o", "seed": 4, "epochs": None,
+                                      "holdout_patients": "3, 5"})
+    assert config.optimisation == OptimisationSettings(seed=4, epochs=5) and config.folds.val_seed == 4
+    assert config.folds.holdout_patients == ("3", "5") and config.folds.fold == 1
+    with pytest.raises(SpineSegDiffError, match="invalid training settings: lr must be positive"):
+        make_train_config(file, {"data": "d", "out": "o", "lr": -1.0})
+
+
+def test_shipped_models_carry_their_scheduler() -> None:
+    from spinesegdiff.assets import default_model_path, default_presegmenter_path, default_refiner_path
+
+    expected = {default_model_path(): "linear", default_refiner_path(): "cosine", default_presegmenter_path(): "linear"}
+    for path, kind in expected.items():
+        payload = load_checkpoint(path)
+        assert payload["scheduler"] == {"schedule": kind, "num_train_timesteps": 1000}, path.name
+        assert TrainConfig.from_dict(payload["train_config"]).scheduler.schedule == kind  # the flat form reads
+        assert all(v.dtype == torch.float16 for v in payload["ema"].values() if v.is_floating_point())
+
+
+def _tiny_checkpoint(path: Path, **extra) -> Path:
+    from spinesegdiff.models import ModelConfig, build_model
+
+    config = ModelConfig.from_dict(TINY_MODEL)
+    net = build_model(config)
+    return save_checkpoint(path, {"model_config": config.to_dict(), "train_config": {"schedule": "linear"},
+                                  "ema": net.state_dict(), "model": None, **extra})
+
+
+def test_a_checkpoint_without_its_scheduler_is_refused(tmp_path: Path) -> None:
+    from spinesegdiff.pipelines.segmenter import Segmenter
+
+    path = _tiny_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(InputError, match="old.pt: has no scheduler configuration"):
+        Segmenter.from_checkpoint(path, device="cpu", quiet=True)
+    with pytest.raises(InputError, match="old.pt: has no scheduler configuration"):
+        export_weights(path, tmp_path / "slim.pt")
+    bad = _tiny_checkpoint(tmp_path / "bad.pt", scheduler={"schedule": "quadratic"})
+    with pytest.raises(InputError, match="unreadable scheduler configuration"):
+        Segmenter.from_checkpoint(bad, device="cpu", quiet=True)
+
+
+def test_a_cosine_checkpoint_samples_with_cosine(tmp_path: Path) -> None:
+    """The checkpoint's scheduler entry decides, not its (here stale) training settings."""
+    from spinesegdiff.diffusion import SchedulerConfig, make_schedule
+    from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
+
+    path = _tiny_checkpoint(tmp_path / "cosine.pt", scheduler={"schedule": "cosine", "num_train_timesteps": 1000})
+    settings = SamplerSettings(num_samples=2, num_steps=3, fuse_steps=2, precision="fp32", backend="torch")
+    segmenter = Segmenter.from_checkpoint(path, device="cpu", settings=settings, quiet=True)
+    torch.testing.assert_close(segmenter.scheduler.schedule.alphas_cumprod, make_schedule("cosine").alphas_cumprod)
+    image = np.random.default_rng(0).integers(0, 255, (1, 320, 320), dtype=np.uint8)
+    sampled = segmenter.segment(image).probabilities
+    net, config, _ = load_model(path)
+    for kind, same in (("cosine", True), ("linear", False)):
+        reference = Segmenter(net, config, None, device=torch.device("cpu"), settings=settings,
+                              scheduler_config=SchedulerConfig(schedule=kind)).segment(image).probabilities
+        assert np.array_equal(sampled, reference) == same, kind
+    slim = export_weights(path, tmp_path / "slim.pt")
+    assert load_checkpoint(slim)["scheduler"] == {"schedule": "cosine", "num_train_timesteps": 1000}

@@ -6,9 +6,31 @@ import argparse
 from pathlib import Path
 
 from spinesegdiff.data.spider import CONTRAST_SETS
+from spinesegdiff.devices import DEVICE_CHOICES
+from spinesegdiff.pipelines.settings import (
+    BACKENDS,
+    DEFAULT_PRESEG_STEPS,
+    OUTPUT_FORMATS,
+    PRECISIONS,
+    PRESEGMENTERS,
+    SamplerSettings,
+)
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130
+_SAMPLER = SamplerSettings()
+
+
+def add_device_option(parser: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=default,
+                        help="auto: CUDA where PyTorch sees a GPU, else the CPU (and says so)")
+
+
+def output_format_help() -> str:
+    """The ``--format`` help, from the registry of output formats."""
+    names = ", ".join(f.removeprefix(".") for f in OUTPUT_FORMATS)
+    return f"output format: {names} (default: the input's; DICOM -> {OUTPUT_FORMATS[0].removeprefix('.')})"
+
 
 def add_contrast_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -23,46 +45,33 @@ def add_contrast_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=int, default=15, help="diffusion samples S (default 15)")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps K (default 10)")
-    parser.add_argument("--fuse-steps", type=int, default=10, help="last steps fused Ts (default 10)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--samples", type=int, default=_SAMPLER.num_samples,
+                        help="diffusion samples S (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=_SAMPLER.num_steps, help="DDIM steps K (default %(default)s)")
+    parser.add_argument("--fuse-steps", type=int, default=_SAMPLER.fuse_steps,
+                        help="last steps fused Ts (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=_SAMPLER.seed)
+    parser.add_argument("--precision", choices=PRECISIONS, default=_SAMPLER.precision,
                         help="network arithmetic (default auto: bfloat16 where the hardware runs it natively)")
-    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+    parser.add_argument("--backend", choices=BACKENDS, default=_SAMPLER.backend,
                         help="denoiser runtime (default auto: OpenVINO on a CPU where it is installed)")
 
 
 def add_preseg_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preseg", choices=("none", "unet", "nnunet"),
-                        help="refine a presegmenter's mask (T_pre = 30, 2 DDIM steps) instead of sampling from "
-                             "noise (10 steps); default: unet with the shipped models, none with --model")
+    parser.add_argument("--preseg", choices=PRESEGMENTERS,
+                        help=f"refine a presegmenter's mask (T_pre = {DEFAULT_PRESEG_STEPS}, 2 DDIM steps) instead "
+                             "of sampling from noise (10 steps); default: unet with the shipped models, none with "
+                             "--model")
     parser.add_argument("--preseg-model", type=Path,
                         help="presegmenter: a U-Net run or checkpoint (unet; default the shipped U-Net) or an "
                              "nnU-Net 2d model folder (nnunet)")
     parser.add_argument("--preseg-steps", type=int,
-                        help="T_pre, the noise step the presegmentation is refined from (default 30; 0: the "
-                             "presegmenter's own mask)")
+                        help="T_pre, the noise step the presegmentation is refined from (default "
+                             f"{DEFAULT_PRESEG_STEPS}; 0: the presegmenter's own mask)")
 
 
-def presegmenter_from_options(args: argparse.Namespace):
-    from spinesegdiff.devices import resolve_device
+def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
     from spinesegdiff.errors import SpineSegDiffError
-    from spinesegdiff.pipelines.presegmenters import load_presegmenter
-
-    kind = args.preseg
-    if kind is None:  # the shipped pipeline refines the shipped U-Net's mask; a user's own model samples
-        kind = "unet" if getattr(args, "model", None) is None else "none"
-    if kind == "none":
-        if args.preseg_model is not None or args.preseg_steps is not None:
-            raise SpineSegDiffError("--preseg-model and --preseg-steps need --preseg unet or nnunet")
-        return None
-    return load_presegmenter(kind, args.preseg_model, device=str(resolve_device(args.device, quiet=True)))
-
-
-def sampler_settings(args: argparse.Namespace):
-    from spinesegdiff.errors import SpineSegDiffError
-    from spinesegdiff.pipelines.segmenter import SamplerSettings
 
     try:
         return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,

@@ -17,38 +17,31 @@ _TRAIN_FLAGS = {
     "val_every": "val_every", "seed": "seed", "device": "device", "max_minutes": "max_minutes",
     "threads": "threads", "schedule": "schedule", "warmup_steps": "warmup_steps", "ema_decay": "ema_decay",
     "val_fraction": "val_fraction", "init_from": "init_from", "crossfit_part": "crossfit_part",
-    "preseg_max_timestep": "preseg_max_timestep",
+    "preseg_max_timestep": "preseg_max_timestep", "holdout_patients": "holdout_patients",
     "preseg_focus_timestep": "preseg_focus_timestep", "preseg_focus_share": "preseg_focus_share",
 }
+"""Flag (argparse destination) -> flat training setting (:data:`spinesegdiff.training.config.FLAT_KEYS`)."""
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The training settings given as flags, by their flat names (``None``: not given)."""
+    overrides: dict[str, object] = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items()}
+    overrides |= {"data": str(args.data), "out": str(args.out),
+                  "preseg_models": [str(p) for p in args.preseg_model] if args.preseg_model else None,
+                  "augment": {"enabled": False} if args.no_augment else None,
+                  "amp": False if args.no_amp else None}
+    return overrides
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from spinesegdiff.training.loop import TrainConfig, load_train_config_file, train
+    import torch
 
-    settings = load_train_config_file(args.config) if args.config else {}
-    for flag, key in _TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            settings[key] = value
-    if settings.get("fold") == "all":
-        settings["fold"] = -1
-    elif "fold" in settings:
-        settings["fold"] = int(settings["fold"])
-    if args.holdout_patients:
-        settings["holdout_patients"] = [p.strip() for p in args.holdout_patients.split(",") if p.strip()]
-    if args.preseg_model:
-        settings["preseg_models"] = [str(p) for p in args.preseg_model]
-    if args.no_augment:
-        settings["augment"] = {"enabled": False}
-    if args.no_amp:
-        settings["amp"] = False
-    settings["data"], settings["out"] = str(args.data), str(args.out)
-    try:
-        config = TrainConfig.from_dict(settings)
-    except (TypeError, ValueError) as err:
-        from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.training.config import make_train_config
+    from spinesegdiff.training.loop import train
 
-        raise SpineSegDiffError(f"invalid training settings: {err}") from err
+    config = make_train_config(args.config, _overrides(args))
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
     run = train(config, resume=args.resume, progress=not args.quiet)
     print(f"run folder: {run} (best.pt, last.pt, config.json, splits_final.json)")
     return 0

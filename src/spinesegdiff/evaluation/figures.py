@@ -8,23 +8,31 @@ from pathlib import Path
 import numpy as np
 
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
+from spinesegdiff.files import atomic_write
 
 COLOURS = ["#00000000", "#f6c445", "#4fa3e0", "#e8575a"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**options):
+    """A figure of its own, drawn by the Agg canvas (no pyplot, no global backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
 
-    return plt
+
+def _save(figure, path: Path) -> Path:
+    """Lay the figure out and write it as a PNG through :func:`~spinesegdiff.files.atomic_write`."""
+    figure.tight_layout()
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
 
 
 def dice_boxplots(rows: list[dict], systems: list[str], path: Path) -> Path:
     """One panel per structure, one box per system (per-case Dice)."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 3, figsize=(4 + 1.2 * len(systems) * 1.5, 4), sharey=True)
+    figure = _figure(figsize=(4 + 1.2 * len(systems) * 1.5, 4))
+    axes = figure.subplots(1, 3, sharey=True)
     for axis, structure in zip(axes, STRUCTURE_ABBREVIATIONS, strict=True):
         data = [[r[f"dice_{structure}"] for r in rows if r["system"] == s] for s in systems]
         axis.boxplot(data, showmeans=True)
@@ -32,10 +40,7 @@ def dice_boxplots(rows: list[dict], systems: list[str], path: Path) -> Path:
         axis.set_title(structure)
         axis.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("Dice (held-out central slices)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def pathology_boxplots(per_patient: dict[str, dict[str, float]], flags: dict[str, dict[str, bool]],
@@ -47,10 +52,10 @@ def pathology_boxplots(per_patient: dict[str, dict[str, float]], flags: dict[str
         flags: ``{patient: {pathology: present}}``.
         tests: :func:`~spinesegdiff.evaluation.pathology.pathology_tests` rows (for the q-values shown).
     """
-    plt = _pyplot()
     pathologies = list(next(iter(flags.values()))) if flags else []
     q_of = {(t["pathology"], t["structure"]): t["q_bh"] for t in tests}
-    figure, axes = plt.subplots(3, 1, figsize=(max(8, 1.3 * len(pathologies)), 9), sharex=True)
+    figure = _figure(figsize=(max(8, 1.3 * len(pathologies)), 9))
+    axes = figure.subplots(3, 1, sharex=True)
     for axis, structure in zip(axes, STRUCTURE_ABBREVIATIONS, strict=True):
         values = per_patient[structure]
         positions, data, colours = [], [], []
@@ -71,10 +76,7 @@ def pathology_boxplots(per_patient: dict[str, dict[str, float]], flags: dict[str
     axes[-1].set_xticks([3 * k + 0.5 for k in range(len(pathologies))],
                         [p.replace("_", " ") for p in pathologies], rotation=25, ha="right")
     figure.suptitle("Dice per patient without (blue) and with (red) each pathology; q: Benjamini-Hochberg")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def qualitative_cases(images: dict[str, np.ndarray], truth: dict[str, np.ndarray],
@@ -88,10 +90,10 @@ def qualitative_cases(images: dict[str, np.ndarray], truth: dict[str, np.ndarray
     """
     from matplotlib.colors import ListedColormap
 
-    plt = _pyplot()
     systems = list(predictions)
     columns = 3 + len(systems)
-    figure, axes = plt.subplots(len(cases), columns, figsize=(2.2 * columns, 2.4 * len(cases)), squeeze=False)
+    figure = _figure(figsize=(2.2 * columns, 2.4 * len(cases)))
+    axes = figure.subplots(len(cases), columns, squeeze=False)
     cmap = ListedColormap(COLOURS[1:])
     for r, case in enumerate(cases):
         panels = [("image", None), ("ground truth", truth[case])]
@@ -111,29 +113,23 @@ def qualitative_cases(images: dict[str, np.ndarray], truth: dict[str, np.ndarray
         axis.set_axis_off()
         axes[r, 0].text(-0.05, 0.5, titles.get(case, case), rotation=90, va="center", ha="right", fontsize=8,
                         transform=axes[r, 0].transAxes)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def uncertainty_vs_dice(rows: list[dict], system: str, path: Path) -> tuple[Path, float, float]:
     """Scatter of a case's mean uncertainty against its mDice; returns the path, Pearson r and Spearman rho."""
     from scipy import stats
 
-    plt = _pyplot()
     chosen = [r for r in rows if r["system"] == system]
     x = np.asarray([r["mean_uncertainty"] for r in chosen])
     y = np.asarray([r["mDice"] for r in chosen])
     pearson = float(stats.pearsonr(x, y)[0]) if len(x) > 2 and x.std() > 0 and y.std() > 0 else float("nan")
     spearman = float(stats.spearmanr(x, y)[0]) if len(x) > 2 and x.std() > 0 and y.std() > 0 else float("nan")
-    figure, axis = plt.subplots(figsize=(4.5, 3.6))
+    figure = _figure(figsize=(4.5, 3.6))
+    axis = figure.subplots()
     axis.scatter(x, y, s=18)
     axis.set_xlabel("mean uncertainty of the slice")
     axis.set_ylabel("mDice")
     axis.set_title(f"{system}: Pearson r = {pearson:.2f}, Spearman rho = {spearman:.2f}", fontsize=9)
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path, pearson, spearman
+    return _save(figure, path), pearson, spearman

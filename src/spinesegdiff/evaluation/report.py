@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS
 from spinesegdiff.evaluation.pathology import pathology_tests, patient_means
 from spinesegdiff.evaluation.scoring import score_prediction_set, summarise
 from spinesegdiff.evaluation.systems import PredictionSet
+from spinesegdiff.files import atomic_write_text
 
 UNCERTAINTY_KEYS = ("auroc", "aupr", "error_rate", "ueo", "ece", "brier", "mean_uncertainty")
 CITATION = ("SPIDER data: J. W. van der Graaf et al., Lumbar spine segmentation in MR images: a dataset and a "
@@ -62,13 +64,17 @@ class Table:
         caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
+    def csv_text(self) -> str:
+        buffer = io.StringIO(newline="")
+        writer = csv.writer(buffer)
+        writer.writerow(self.header)
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
     def write(self, folder: Path, stem: str) -> None:
-        (folder / f"{stem}.md").write_text(self.markdown() + "\n")
-        (folder / f"{stem}.tex").write_text(self.latex() + "\n")
-        with (folder / f"{stem}.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(self.header)
-            writer.writerows(self.rows)
+        atomic_write_text(folder / f"{stem}.md", self.markdown() + "\n")
+        atomic_write_text(folder / f"{stem}.tex", self.latex() + "\n")
+        atomic_write_text(folder / f"{stem}.csv", self.csv_text())
 
 
 def _mean_std(stats: tuple[float, float, int], digits: int = 3) -> str:
@@ -145,6 +151,15 @@ def _choose_cases(rows: list[dict], system: str) -> tuple[list[str], dict[str, s
     return cases, titles
 
 
+def cases_csv(rows: list[dict]) -> str:
+    """``cases.csv``: one row per system and case, floats rounded to 4 decimals."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    return buffer.getvalue()
+
+
 def build_report(predictions: Sequence[PredictionSet], *, images: dict[str, np.ndarray],
                  truth: dict[str, np.ndarray], contrast: dict[str, str], out: Path,
                  flags: dict[str, dict[str, bool]] | None = None, ablations: Sequence[dict] = (),
@@ -161,10 +176,7 @@ def build_report(predictions: Sequence[PredictionSet], *, images: dict[str, np.n
     systems = [p.name for p in predictions]
     primary = predictions[0]
     rows = [row for prediction in predictions for row in score_prediction_set(prediction, truth, contrast)]
-    with (out / "cases.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    atomic_write_text(out / "cases.csv", cases_csv(rows))
     tables = {"table1": dice_table(rows, systems), "distances": distance_table(rows, systems),
               "uncertainty": uncertainty_table(rows, systems)}
     if ablations:
@@ -200,7 +212,7 @@ def build_report(predictions: Sequence[PredictionSet], *, images: dict[str, np.n
                "uncertainty_dice_correlation": {"pearson": pearson, "spearman": spearman},
                "pathology_rule": "present when graded at any disc level; degeneration: Pfirrmann >= 4",
                "commands": list(commands), "citation": CITATION}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return _write_html(out, title, tables, timing, figure_paths, summary)
 
 
@@ -240,6 +252,4 @@ def _write_html(out: Path, title: str, tables: dict[str, Table], timing: Table, 
              "img{max-width:100%}figcaption{font-size:13px;color:#555}")
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    return atomic_write_text(out / "report.html", page)

@@ -12,15 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
-from spinesegdiff.errors import SpineSegDiffError
+from spinesegdiff.errors import MissingInputError, SpineSegDiffError
+from spinesegdiff.evaluation.held_out import HeldOutSlices
 from spinesegdiff.evaluation.systems import PredictionSet, SystemSpec, predict_system
 
 
-def _reference_fold(specs: Sequence[SystemSpec]):
-    """The cache, fold number and test indices of the first spinesegdiff run (every run must agree)."""
-    from spinesegdiff.data.folds import run_held_out_slices
+def _reference_fold(specs: Sequence[SystemSpec]) -> HeldOutSlices:
+    """The held-out slices of the first spinesegdiff run (every run must agree)."""
     from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
 
     runs = [s for s in specs if s.kind == "run"]
@@ -29,22 +27,21 @@ def _reference_fold(specs: Sequence[SystemSpec]):
     reference = None
     for spec in runs:
         payload = load_checkpoint(resolve_model_file(spec.path), map_location="cpu")
-        fold, cache, test = run_held_out_slices(payload["train_config"], spec.path)
-        cases = [cache.entries[i].case for i in test]
+        held_out = HeldOutSlices.of_run(payload["train_config"], spec.path)
         if reference is None:
-            reference = (cache, fold, test, cases)
-        elif cases != reference[3]:
+            reference = held_out
+        elif held_out.cases != reference.cases:
             raise SpineSegDiffError(f"{spec.path}: its held-out cases differ from {runs[0].path}'s; compare runs of "
                                     "one split and fold")
     return reference
 
 
-def _checked_fold(specs: Sequence[SystemSpec], expected_fold: int | None):
+def _checked_fold(specs: Sequence[SystemSpec], expected_fold: int | None) -> HeldOutSlices:
     """:func:`_reference_fold`, refusing runs whose test fold is not ``expected_fold``."""
     reference = _reference_fold(specs)
-    if expected_fold is not None and reference[1] != expected_fold:
+    if expected_fold is not None and reference.fold != expected_fold:
         run = next(s.path for s in specs if s.kind == "run")
-        raise SpineSegDiffError(f"{run}: trained with test fold {reference[1]}, not {expected_fold}; name each "
+        raise SpineSegDiffError(f"{run}: trained with test fold {reference.fold}, not {expected_fold}; name each "
                                 "fold's run with {fold} in the system's path (NAME=runs/unet-fold{fold})")
     return reference
 
@@ -58,11 +55,11 @@ class FoldPredictions(NamedTuple):
     slices: dict[str, dict]
 
 
-def _predict_fold(specs: Sequence[SystemSpec], reference, folder: Path, *, settings, device: str, reuse: bool,
-                  quiet: bool) -> FoldPredictions:
+def _predict_fold(specs: Sequence[SystemSpec], held_out: HeldOutSlices, folder: Path, *, settings, device: str,
+                  reuse: bool, quiet: bool) -> FoldPredictions:
     """Every system's predictions on one fold (saved in ``folder``), with that fold's slices."""
-    cache, fold, test, cases = reference
-    images = np.asarray(cache.images[np.asarray(test)])
+    cases, fold = held_out.cases, held_out.fold
+    images = held_out.images()
     predictions = []
     for spec in specs:
         if reuse and (folder / f"{spec.name}.npz").is_file():
@@ -76,10 +73,9 @@ def _predict_fold(specs: Sequence[SystemSpec], reference, folder: Path, *, setti
                                         quiet=quiet)
             prediction.save(folder)
         predictions.append(prediction)
-    entries = {cache.entries[i].case: cache.entries[i] for i in test}
-    slices = {"images": {c: np.asarray(cache.images[i]) for c, i in zip(cases, test, strict=True)},
-              "truth": {c: np.asarray(cache.labels[i]) for c, i in zip(cases, test, strict=True)},
-              "contrast": {c: entries[c].contrast for c in cases}}
+    slices = {"images": {c: held_out.image(k) for k, c in enumerate(cases)},
+              "truth": {c: held_out.truth(k) for k, c in enumerate(cases)},
+              "contrast": {entry.case: entry.contrast for entry in held_out.entries}}
     return FoldPredictions(fold, predictions, slices)
 
 
@@ -89,6 +85,7 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
     """Predict (or reuse ``out/predictions``), score and report; returns the HTML report's path.
 
     Args:
+        metadata: a folder with ``radiological_gradings.csv`` for the pathology analysis (``None``: no analysis).
         folds: ``None`` evaluates the runs' own held-out fold; a list of folds pools each fold's held-out
             predictions (``{fold}`` in a system's paths names that fold's run).
     """
@@ -96,6 +93,11 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
 
     from spinesegdiff.evaluation.report import build_report
 
+    gradings = None if metadata is None else Path(metadata) / "radiological_gradings.csv"
+    for path, what in [(gradings, "file")] + [
+            (p, "ablation file") for p in ablation_files]:
+        if path is not None and not Path(path).is_file():
+            raise MissingInputError(path, what)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise SpineSegDiffError(f"system names must be distinct, got {', '.join(names)}")
@@ -113,10 +115,10 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
     slices = {key: {case: value for part in per_fold for case, value in part.slices[key].items()}
               for key in ("images", "truth", "contrast")}
     flags = None
-    if metadata is not None:
+    if gradings is not None:
         from spinesegdiff.data.spider import pathology_flags
 
-        flags = pathology_flags(metadata / "radiological_gradings.csv")
+        flags = pathology_flags(gradings)
     ablations = [json.loads(Path(p).read_text()) for p in ablation_files]
     return build_report(predictions, images=slices["images"], truth=slices["truth"], contrast=slices["contrast"],
                         out=out, flags=flags, ablations=ablations, commands=commands,

@@ -21,7 +21,6 @@ without sampling again.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +29,9 @@ import numpy as np
 import torch
 
 from spinesegdiff.errors import SpineSegDiffError
+from spinesegdiff.evaluation.held_out import segment_timed
+from spinesegdiff.evaluation.recording import recorded_path
+from spinesegdiff.files import atomic_write, atomic_write_text
 from spinesegdiff.pipelines.sampling import class_probabilities, normalised_entropy
 from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
 
@@ -113,11 +115,16 @@ class PredictionSet:
     description: dict = field(default_factory=dict)
 
     def save(self, folder: Path) -> Path:
+        """Write ``<name>.npz`` (the arrays) and ``<name>.json`` (the rest) into ``folder``; returns the first."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}.npz"
-        np.savez_compressed(path, labels=self.labels, class_probabilities=self.class_probabilities,
-                            uncertainty=self.uncertainty)
-        (folder / f"{self.name}.json").write_text(json.dumps(
+
+        def write_arrays(temporary: Path) -> None:
+            with temporary.open("wb") as handle:
+                np.savez_compressed(handle, labels=self.labels, class_probabilities=self.class_probabilities,
+                                    uncertainty=self.uncertainty)
+
+        path = atomic_write(folder / f"{self.name}.npz", write_arrays)
+        atomic_write_text(folder / f"{self.name}.json", json.dumps(
             {"name": self.name, "cases": self.cases, "seconds_per_slice": self.seconds_per_slice,
              "description": self.description}, indent=2, default=str))
         return path
@@ -149,49 +156,55 @@ def _single_pass_uncertainty(class_probabilities: np.ndarray) -> np.ndarray:
     return normalised_entropy(torch.from_numpy(np.asarray(class_probabilities, dtype=np.float32))).numpy()
 
 
+def _diffusion_system(spec: SystemSpec, images: np.ndarray, *, target: str, device: str,
+                      settings: SamplerSettings | None, quiet: bool):
+    """``(class probabilities, uncertainty, seconds, description)`` of a diffusion run, warmed up untimed."""
+    from spinesegdiff.pipelines.presegmenters import load_presegmenter
+
+    presegmenter = None
+    if spec.preseg is not None:
+        presegmenter = load_presegmenter(spec.preseg, spec.preseg_path, device=target)
+    base = settings or SamplerSettings()
+    segmenter = Segmenter.from_checkpoint(
+        spec.path, device=device, quiet=quiet, presegmenter=presegmenter,
+        settings=replace(base, preseg_steps=spec.t_pre, fusion=spec.fusion or base.fusion))
+    timed = segment_timed(segmenter.segment, images, per_slice=False, warm_up=True)
+    result = timed.outputs[0]
+    # calibration is judged on the fused structure probabilities normalised to classes: the paper's
+    # softmax over scores in [0, 1] is never sharper than e : 1 : 1 : 1 and reads as miscalibrated by
+    # construction; the argmax is the same either way
+    probs = class_probabilities(torch.from_numpy(result.probabilities), "normalise").numpy()
+    description = {"system": f"diffusion ({segmenter.model_config.variant})", "run": recorded_path(spec.path),
+                   "sampler": segmenter.describe()}
+    return probs, result.uncertainty, timed.seconds, description
+
+
 def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fold: int, device: str = "auto",
                    settings: SamplerSettings | None = None, quiet: bool = True) -> PredictionSet:
-    """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold."""
+    """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold, all slices in one timed call."""
     from spinesegdiff.devices import resolve_device
     from spinesegdiff.models.checkpoint import load_model, resolve_model_file
-    from spinesegdiff.pipelines.presegmenters import UNetPresegmenter, load_presegmenter
+    from spinesegdiff.pipelines.presegmenters import UNetPresegmenter
 
     target = str(resolve_device(device, quiet=True))
+    single_pass = None
     if spec.kind == "nnunet":
         from spinesegdiff.pipelines.nnunet import NnUNetPresegmenter
 
-        model = NnUNetPresegmenter(spec.path, fold=fold, device=target)
-        started = time.perf_counter()
-        probs = model(images)
-        uncertainty = _single_pass_uncertainty(probs)
-        description = {"system": "nnU-Net v2 2d", "folder": str(spec.path), "fold": fold}
+        single_pass = NnUNetPresegmenter(spec.path, fold=fold, device=target)
+        description = {"system": "nnU-Net v2 2d", "folder": recorded_path(spec.path), "fold": fold}
     else:
         net, config, _ = load_model(resolve_model_file(spec.path), map_location="cpu")
         if config.variant == "unet":
-            unet = UNetPresegmenter(net, device=target)
-            started = time.perf_counter()
-            probs = unet(images)
-            uncertainty = _single_pass_uncertainty(probs)
-            description = {"system": "built-in U-Net", "run": str(spec.path)}
-        else:
-            presegmenter = None
-            if spec.preseg is not None:
-                presegmenter = load_presegmenter(spec.preseg, spec.preseg_path, device=target)
-            base = settings or SamplerSettings()
-            segmenter = Segmenter.from_checkpoint(
-                spec.path, device=device, quiet=quiet, presegmenter=presegmenter,
-                settings=replace(base, preseg_steps=spec.t_pre, fusion=spec.fusion or base.fusion))
-            segmenter.segment(images[:1])  # warm-up: one-time runtime set-up is not per-slice time
-            started = time.perf_counter()
-            result = segmenter.segment(images)
-            # calibration is judged on the fused structure probabilities normalised to classes: the paper's
-            # softmax over scores in [0, 1] is never sharper than e : 1 : 1 : 1 and reads as miscalibrated by
-            # construction; the argmax is the same either way
-            probs = class_probabilities(torch.from_numpy(result.probabilities), "normalise").numpy()
-            uncertainty = result.uncertainty
-            description = {"system": f"diffusion ({config.variant})", "run": str(spec.path),
-                           "sampler": segmenter.describe()}
-    seconds = (time.perf_counter() - started) / max(1, len(images))
+            single_pass = UNetPresegmenter(net, device=target)
+            description = {"system": "built-in U-Net", "run": recorded_path(spec.path)}
+    if single_pass is not None:
+        timed = segment_timed(single_pass, images, per_slice=False)
+        probs, seconds = timed.outputs[0], timed.seconds
+        uncertainty = _single_pass_uncertainty(probs)
+    else:
+        probs, uncertainty, seconds, description = _diffusion_system(spec, images, target=target, device=device,
+                                                                     settings=settings, quiet=quiet)
     return PredictionSet(spec.name, list(cases), np.asarray(probs).argmax(axis=1).astype(np.uint8),
                          np.asarray(probs, dtype=np.float16), np.asarray(uncertainty, dtype=np.float16),
-                         seconds, description)
+                         seconds / max(1, len(images)), description)

@@ -1,38 +1,32 @@
 """Checkpoints: model, EMA and optimiser state, step, and the full configuration, written atomically.
 
 A checkpoint is a ``torch.save`` dictionary with the keys ``format`` (:data:`CHECKPOINT_FORMAT`),
-``model_config``, ``train_config``, ``model``, ``ema``, ``optimizer``, ``step``, ``epoch``, ``best_metric``,
-``history`` and ``rng``. Inference needs only ``format``, ``model_config`` and ``ema`` (or ``model``), so shipped
-weights drop the rest (:func:`export_weights`).
+``model_config``, ``scheduler`` (the :class:`~spinesegdiff.diffusion.SchedulerConfig` the network was trained
+with, as diffusers saves a scheduler's config beside the weights), ``train_config``, ``model``, ``ema``,
+``optimizer``, ``step``, ``epoch``, ``step_in_epoch``, ``epoch_losses``, ``best_metric``, ``history`` and ``rng``.
+Inference needs only ``format``, ``model_config``, ``scheduler`` and ``ema`` (or ``model``), so shipped weights
+drop the rest (:func:`export_weights`).
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from spinesegdiff.diffusion import SchedulerConfig
 from spinesegdiff.errors import InputError, MissingInputError
+from spinesegdiff.files import atomic_write
 
 CHECKPOINT_FORMAT = "spinesegdiff-checkpoint-v1"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    """``torch.save`` through :func:`~spinesegdiff.files.atomic_write`: never a half-written checkpoint."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda temporary: torch.save({"format": CHECKPOINT_FORMAT, **payload}, temporary))
 
 
 def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
@@ -59,6 +53,21 @@ def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str,
     return payload
 
 
+def checkpoint_scheduler(payload: dict[str, Any], path: str | Path) -> SchedulerConfig:
+    """The scheduler configuration saved in a checkpoint read from ``path``.
+
+    Raises:
+        InputError: the checkpoint has none (written before checkpoints carried it), or an unreadable one.
+    """
+    if payload.get("scheduler") is None:
+        raise InputError(path, "has no scheduler configuration (written before checkpoints carried one); "
+                               "add a 'scheduler' entry, e.g. {'schedule': 'linear', 'num_train_timesteps': 1000}")
+    try:
+        return SchedulerConfig.from_dict(payload["scheduler"])
+    except (TypeError, ValueError) as err:
+        raise InputError(path, f"has an unreadable scheduler configuration ({err})") from err
+
+
 def load_model(path: str | Path, *, use_ema: bool = True, map_location: Any = "cpu"):
     """Rebuild a network from a checkpoint -> ``(model in eval mode, ModelConfig, payload)``."""
     from spinesegdiff.models import ModelConfig, build_model
@@ -76,13 +85,20 @@ def load_model(path: str | Path, *, use_ema: bool = True, map_location: Any = "c
 
 def export_weights(checkpoint_path: str | Path, out_path: str | Path, *, half: bool = True,
                    extra: dict[str, Any] | None = None) -> Path:
-    """Keep only what inference needs (EMA weights, configs, metrics), optionally as float16 to halve the size."""
+    """Keep only what inference needs (EMA weights, configs with the scheduler's, metrics), optionally as float16
+    to halve the size.
+
+    Raises:
+        InputError: the checkpoint has no scheduler configuration.
+    """
     payload = load_checkpoint(checkpoint_path)
+    scheduler = checkpoint_scheduler(payload, checkpoint_path)
     weights = payload.get("ema") or payload["model"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     slim = {
         "model_config": payload["model_config"],
+        "scheduler": scheduler.to_dict(),
         "train_config": payload.get("train_config"),
         "ema": weights,
         "model": None,

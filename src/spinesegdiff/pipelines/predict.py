@@ -1,6 +1,7 @@
 """Segment a user's scan: read, preprocess, sample, put the result back on the scan's own grid, write outputs.
 
-:func:`segment` is the Python API the ``spinesegdiff predict`` command wraps::
+:func:`segment` is the Python API for one scan; :func:`predict_scans` (one scan, a DICOM folder or a folder of
+scans, written to an output folder) is what ``spinesegdiff predict`` runs, :func:`run_demo` what ``demo`` runs::
 
     from spinesegdiff import segment
     result = segment("scan.nii.gz")             # the shipped model, central sagittal slice, CPU or GPU
@@ -12,16 +13,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
+from spinesegdiff.data.io import Geometry, image_stem, image_suffix, is_dicom_folder, read_image, write_image
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 from spinesegdiff.data.preprocess import (
     PreparedScan,
@@ -30,12 +30,14 @@ from spinesegdiff.data.preprocess import (
     restore_probabilities,
     slices_to_volume,
 )
-from spinesegdiff.errors import InputError
-from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter, SliceSegmentation
+from spinesegdiff.errors import InputError, MissingInputError, SpineSegDiffError
+from spinesegdiff.files import atomic_write, atomic_write_text
+from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
+from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
+from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
 """A sagittal slice smaller than this cannot hold even two lumbar levels: refused."""
-OUTPUT_FORMATS: tuple[str, ...] = (".nii.gz", ".mha", ".nrrd", ".nii")
 
 
 @dataclass
@@ -189,8 +191,10 @@ def segment(
         model: checkpoint file or run folder; ``None`` = the shipped model (the shipped refiner with a
             presegmenter).
         preseg: ``none``, ``unet`` or ``nnunet``; default ``unet`` (the shipped U-Net's mask refined from
-            ``T_pre = 30``) when ``model`` is ``None``, else ``none`` (sampling from noise).
-        preseg_model: the presegmenter's model (a U-Net run, or an nnU-Net 2d model folder).
+            ``T_pre = 30``) when ``model`` is ``None``, else ``none`` (sampling from noise); see
+            :func:`~spinesegdiff.pipelines.presegmenters.resolve_presegmenter`.
+        preseg_model: the presegmenter's model (a U-Net run, or an nnU-Net 2d model folder); refused with
+            ``preseg="none"``.
         device: ``auto``, ``cpu`` or ``cuda``.
         settings: sampler settings (S = 15 samples, K = Ts = 10 steps by default).
         volume: segment every sagittal slice instead of the central one.
@@ -200,19 +204,155 @@ def segment(
     Raises:
         MissingInputError, InputError: unreadable, non-3D, axial/coronal, too small, NaN or constant input,
             or a model file that is not ours.
+        SpineSegDiffError: a presegmenter model or ``T_pre`` without a presegmenter.
     """
     scan = load_scan(image, volume=volume)
     if segmenter is None:
         mark = time.perf_counter()
-        from spinesegdiff.devices import resolve_device
-        from spinesegdiff.pipelines.presegmenters import load_presegmenter
-
-        kind = preseg or ("unet" if model is None else "none")
-        presegmenter = load_presegmenter(kind, preseg_model, device=str(resolve_device(device, quiet=True)))
+        presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
+                                            preseg_steps=settings.preseg_steps if settings else None, device=device)
         segmenter = Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet,
                                               presegmenter=presegmenter)
         scan.timings["load_model_s"] = time.perf_counter() - mark
     return segment_loaded(scan, segmenter)
+
+
+def scan_inputs(path: str | Path) -> list[Path]:
+    """One scan (file or DICOM folder), or the scans in a folder (image files and DICOM subfolders)."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingInputError(path)
+    if path.is_file() or is_dicom_folder(path):
+        return [path]
+    scans = sorted(p for p in path.iterdir()
+                   if (p.is_file() and image_suffix(p) and not p.name.startswith(".")) or
+                   (p.is_dir() and is_dicom_folder(p)))
+    if not scans:
+        raise InputError(path, "folder holds no scans (.mha, .nii, .nii.gz, .nrrd files or DICOM series)")
+    return scans
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    """What became of one scan of :func:`predict_scans`: its written files, or the one-line error.
+
+    Attributes:
+        scan: the input scan.
+        index: its position among the ``total`` scans (0-based).
+        total: the number of scans of the run.
+        paths: the written files (``segmentation``, ``uncertainty``, ``overlay``, ``report``), ``None`` on error.
+        seconds: read, preprocess, sample, restore and write time of the scan (model loading excluded).
+        error: the problem (``"<file>: <problem>"``), ``None`` on success.
+    """
+
+    scan: Path
+    index: int
+    total: int
+    paths: dict[str, Path] | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def predict_scans(
+    input: str | Path,
+    output: str | Path,
+    *,
+    model: str | Path | None = None,
+    device: str = "auto",
+    settings: SamplerSettings | None = None,
+    preseg: str | None = None,
+    preseg_model: str | Path | None = None,
+    volume: bool = False,
+    output_format: str | None = None,
+    quiet: bool = False,
+    progress: bool = False,
+) -> Iterator[ScanOutcome]:
+    """Segment a scan, a DICOM series folder or a folder of scans, and write each scan's outputs to ``output``.
+
+    The inputs, the output format and the presegmenter are checked before any work (errors raise here); the
+    scans are then segmented one by one as the returned iterator is consumed, one :class:`ScanOutcome` each.
+    A scan that cannot be read or segmented becomes an outcome with its error, and the next one is tried; the
+    model is loaded after the first readable scan, so a bad input is reported before a long load.
+
+    Args:
+        input: scan file, DICOM series folder, or folder of them.
+        output: output folder (created).
+        model, device, settings, preseg, preseg_model, volume, quiet: as for :func:`segment`.
+        output_format: ``nii.gz``, ``mha``, ``nrrd`` or ``nii`` (see :data:`OUTPUT_FORMATS`); default the
+            input's own (DICOM: ``nii.gz``).
+        progress: a progress bar on stderr when there is more than one scan (print beside it with
+            ``tqdm.write``).
+
+    Raises:
+        MissingInputError, InputError, SpineSegDiffError: no scans, a bad output format or presegmenter choice.
+    """
+    scans = scan_inputs(input)
+    output_suffix(None, output_format)  # refuse a bad format before any work
+    presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
+                                        preseg_steps=settings.preseg_steps if settings else None, device=device)
+
+    def load_segmenter() -> Segmenter:
+        return Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet,
+                                         presegmenter=presegmenter)
+
+    return _predict_each(scans, Path(output), load_segmenter, volume=volume, output_format=output_format,
+                         progress=progress)
+
+
+def _predict_each(scans: list[Path], output: Path, load_segmenter, *, volume: bool, output_format: str | None,
+                  progress: bool) -> Iterator[ScanOutcome]:
+    from tqdm.auto import tqdm
+
+    segmenter: Segmenter | None = None
+    shown = tqdm(scans, desc="predict", unit="scan", disable=not progress or len(scans) < 2)
+    for index, scan in enumerate(shown):
+        try:
+            loaded = load_scan(scan, volume=volume)
+        except SpineSegDiffError as err:
+            yield ScanOutcome(scan, index, len(scans), error=str(err))
+            continue
+        if segmenter is None:  # loaded after the first good scan, so a bad input is reported first; a model
+            segmenter = load_segmenter()  # that cannot be loaded raises: no scan could be segmented
+        try:
+            result = segment_loaded(loaded, segmenter)
+            paths = write_outputs(result, output, output_format=output_format)
+        except SpineSegDiffError as err:
+            yield ScanOutcome(scan, index, len(scans), error=str(err))
+            continue
+        seconds = sum(v for k, v in result.timings.items() if k.endswith("_s"))
+        yield ScanOutcome(scan, index, len(scans), paths=paths, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What :func:`run_demo` did: the segmentation, its files, where it ran and how long it took."""
+
+    result: ScanSegmentation
+    paths: dict[str, Path]
+    device: str
+    seconds: float
+
+
+def run_demo(output: str | Path, *, device: str = "auto", settings: SamplerSettings | None = None,
+             preseg: str | None = None, preseg_model: str | Path | None = None) -> DemoRun:
+    """Segment the shipped sample scan (SPIDER patient 107, T2 SPACE) with the shipped models; write the outputs.
+
+    ``preseg`` and ``preseg_model`` as for :func:`segment` (default: the shipped U-Net and refiner).
+    """
+    from spinesegdiff.assets import sample_scan_path
+
+    started = time.perf_counter()
+    presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=False,
+                                        preseg_steps=settings.preseg_steps if settings else None, device=device)
+    segmenter = Segmenter.from_checkpoint(None, device=device, settings=settings, quiet=True,
+                                          presegmenter=presegmenter)
+    result = segment(sample_scan_path(), segmenter=segmenter)
+    paths = write_outputs(result, output)
+    return DemoRun(result=result, paths=paths, device=str(segmenter.device), seconds=time.perf_counter() - started)
 
 
 def output_suffix(source: Path | None, requested: str | None) -> str:
@@ -227,12 +367,13 @@ def output_suffix(source: Path | None, requested: str | None) -> str:
 
 
 def render_overlay(result: ScanSegmentation, path: Path) -> None:
-    """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap."""
-    import matplotlib
+    """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas: no pyplot, no global backend change.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     grid = result.prepared.grid
@@ -243,7 +384,9 @@ def render_overlay(result: ScanSegmentation, path: Path) -> None:
     aspect = grid.rows.native_spacing / grid.cols.native_spacing
     high = np.percentile(picture, 99.5) or 1.0
     colours = ["#00000000", "#f6c445", "#4fa3e0", "#e8575a"]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 6.2), dpi=100)
+    figure = Figure(figsize=(10, 6.2), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
     for axis in axes:
         axis.imshow(picture, cmap="gray", vmin=0, vmax=high, aspect=aspect)
         axis.set_axis_off()
@@ -259,18 +402,6 @@ def render_overlay(result: ScanSegmentation, path: Path) -> None:
     figure.suptitle(f"{result.stem}: sagittal slice {index} ({result.settings['mode']})", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, format="png")
-    plt.close(figure)
-
-
-def _atomic_write_bytes(path: Path, writer) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        writer(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_format: str | None = None,
@@ -299,7 +430,7 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
         done.append(paths["segmentation"])
         write_image(paths["uncertainty"], result.uncertainty, result.geometry)
         done.append(paths["uncertainty"])
-        _atomic_write_bytes(paths["overlay"], lambda p: render_overlay(result, p))
+        atomic_write(paths["overlay"], lambda p: render_overlay(result, p))
         done.append(paths["overlay"])
         result.timings["write_s"] = time.perf_counter() - mark
         report = {
@@ -312,7 +443,7 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
             "timings_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.timings.items()},
             "citation": "SPIDER: van der Graaf et al., Scientific Data 11:264 (2024), CC BY 4.0",
         }
-        _atomic_write_bytes(paths["report"], lambda p: p.write_text(json.dumps(report, indent=2)))
+        atomic_write_text(paths["report"], json.dumps(report, indent=2))
     except BaseException as err:
         for path in done:
             path.unlink(missing_ok=True)

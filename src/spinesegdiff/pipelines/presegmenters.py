@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from spinesegdiff.data.preprocess import to_network_range
-from spinesegdiff.errors import InputError
-
-PRESEGMENTERS: tuple[str, ...] = ("none", "unet", "nnunet")
+from spinesegdiff.errors import InputError, SpineSegDiffError
+from spinesegdiff.pipelines.settings import PRESEGMENTERS
 
 
 class Presegmenter(Protocol):
@@ -123,8 +122,6 @@ class CrossFittedPresegmenter:
 def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str = "cpu") -> Presegmenter | None:
     """``none`` -> ``None``; ``unet`` -> a U-Net run or checkpoint (default: the shipped one); ``nnunet`` -> an
     nnU-Net 2d model folder (required; its ``fold_all`` if present, else its first ``fold_<k>``)."""
-    from spinesegdiff.errors import SpineSegDiffError
-
     if kind == "none":
         return None
     if kind == "unet":
@@ -139,3 +136,42 @@ def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str
         fold = "all" if "all" in folds else (folds[0] if folds else 0)
         return NnUNetPresegmenter(folder, fold=int(fold) if str(fold).isdigit() else fold, device=device)
     raise SpineSegDiffError(f"unknown presegmenter {kind!r}: choose one of {', '.join(PRESEGMENTERS)}")
+
+
+def default_presegmenter_kind(*, user_model: bool) -> str:
+    """The presegmenter when none is named: ``unet`` (the shipped U-Net, whose mask the shipped refiner refines)
+    with the shipped models, ``none`` (sampling from noise) with a user's own diffusion model."""
+    return "none" if user_model else "unet"
+
+
+def resolve_presegmenter(kind: str | None, model: str | Path | None = None, *, user_model: bool,
+                         preseg_steps: int | None = None, device: str = "auto") -> Presegmenter | None:
+    """The one rule for choosing a presegmenter, for the command line and the Python API alike.
+
+    Args:
+        kind: ``none``, ``unet``, ``nnunet``, or ``None`` for :func:`default_presegmenter_kind`.
+        model: the presegmenter's model (a U-Net run or checkpoint, an nnU-Net 2d model folder), or ``None``.
+        user_model: whether the diffusion model is the user's own (``--model``) rather than the shipped one.
+        preseg_steps: ``T_pre`` as asked for (``None``: not asked for); only meaningful with a presegmenter.
+        device: ``auto``, ``cpu`` or ``cuda``.
+
+    Returns:
+        The loaded presegmenter, or ``None`` (sampling from noise).
+
+    Raises:
+        SpineSegDiffError: an unknown kind; a presegmenter model or ``T_pre`` without a presegmenter; ``nnunet``
+            without its model folder.
+    """
+    if kind is None:
+        kind = default_presegmenter_kind(user_model=user_model)
+    if kind not in PRESEGMENTERS:
+        raise SpineSegDiffError(f"unknown presegmenter {kind!r}: choose one of {', '.join(PRESEGMENTERS)}")
+    if kind == "none":
+        if model is not None or preseg_steps is not None:
+            asked = "a presegmenter model" if model is not None else f"T_pre = {preseg_steps}"
+            raise SpineSegDiffError(f"{asked} was given without a presegmenter: --preseg-model and --preseg-steps "
+                                    "need --preseg unet or nnunet")
+        return None
+    from spinesegdiff.devices import resolve_device
+
+    return load_presegmenter(kind, model, device=str(resolve_device(device, quiet=True)))

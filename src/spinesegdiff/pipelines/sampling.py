@@ -356,6 +356,40 @@ def _denoise_step(
 
 
 @torch.no_grad()
+def _walk_timesteps(
+    net: DenoisingNetwork,
+    x: torch.Tensor,
+    image: torch.Tensor,
+    timesteps: list[int],
+    *,
+    features: list[torch.Tensor] | None,
+    scheduler: DDIMScheduler,
+    num_samples: int,
+    first_fused: int,
+    prediction_type: Literal["sample", "epsilon"],
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Walk ``timesteps`` once from ``x`` (``B * S`` samples, image-major), one batched network call per step.
+
+    Returns:
+        ``(F, B, C, H, W)`` sample means of the ``x0`` probabilities of the steps from ``first_fused`` on, and
+        the ``(B, S, C, H, W)`` per-sample probabilities of the last step (``x`` itself if nothing was fused).
+    """
+    batch = image.shape[0]
+    images = image.repeat_interleave(num_samples, dim=0)
+    step_means = []
+    probs = x
+    for index, timestep in enumerate(timesteps):
+        step = _denoise_step(net, x, timestep, image=images, features=features, scheduler=scheduler,
+                             prediction_type=prediction_type, generator=generator)
+        x = step.prev_sample
+        if index >= first_fused:
+            probs = x0_to_probabilities(step.pred_original_sample).view(batch, num_samples, *x.shape[1:])
+            step_means.append(probs.mean(dim=1))
+    return torch.stack(step_means), probs
+
+
+@torch.no_grad()
 def sample_segmentation(
     net: DenoisingNetwork,
     image: torch.Tensor,
@@ -420,26 +454,18 @@ def sample_segmentation(
     x = _starting_sample(noise, start_mask, timesteps[0], scheduler, num_samples)
 
     features = _encode(net, image)
-    encoder_calls = int(features is not None)
-    images = image.repeat_interleave(num_samples, dim=0)
     first_fused = len(timesteps) - fuse_steps
-    step_means = []
-    probs = x
-    for index, timestep in enumerate(timesteps):
-        step = _denoise_step(net, x, timestep, image=images, features=features, scheduler=scheduler,
-                             prediction_type=prediction_type, generator=generator)
-        x = step.prev_sample
-        if index >= first_fused:
-            probs = x0_to_probabilities(step.pred_original_sample).view(batch, num_samples, *shape[1:])
-            step_means.append(probs.mean(dim=1))
+    step_means, probs = _walk_timesteps(net, x, image, timesteps, features=features, scheduler=scheduler,
+                                        num_samples=num_samples, first_fused=first_fused,
+                                        prediction_type=prediction_type, generator=generator)
     return _summarise(
-        torch.stack(step_means),
+        step_means,
         probs,
         fusion=fusion,
         class_method=class_method,
         fused_timesteps=tuple(timesteps[first_fused:]),
         network_calls=len(timesteps),
-        encoder_calls=encoder_calls,
+        encoder_calls=int(features is not None),
     )
 
 

@@ -11,17 +11,17 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.devices import resolve_device
-from spinesegdiff.diffusion import DDIMScheduler, make_schedule
+from spinesegdiff.diffusion import DDIMScheduler, SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.models import ModelConfig, is_diffusion_model, model_prediction_type
-from spinesegdiff.models.checkpoint import load_model, resolve_model_file
+from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model, resolve_model_file
 from spinesegdiff.pipelines.presegmenters import Presegmenter
 from spinesegdiff.pipelines.sampling import (
     normalised_entropy,
@@ -29,62 +29,15 @@ from spinesegdiff.pipelines.sampling import (
     sample_segmentation,
     structure_entropy,
 )
-
-Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-DEFAULT_PRESEG_STEPS = 30
-REFINE_STRIDE = 15
-"""Noise steps per DDIM step of a refinement (T_pre = 30 -> 2 network calls per image)."""
-Backend = Literal["auto", "torch", "openvino"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SamplerSettings:
-    """How to sample: ``S`` samples, ``K`` DDIM steps, the last ``Ts`` fused (defaults S = 15, K = Ts = 10).
-
-    ``fusion`` ``None`` picks the variant's own (Diff-UNet 2D: uncertainty-weighted; others: exponential).
-    ``precision`` is the network's arithmetic: ``auto`` takes bfloat16 where the hardware runs it fast (CPUs
-    with AVX512-BF16 or AMX, CUDA GPUs with bf16) and float32 elsewhere; the sampler's own arithmetic (DDIM
-    updates, fusion, entropy) stays float32 either way. ``backend`` runs the denoiser in PyTorch or OpenVINO;
-    ``auto`` takes OpenVINO on a CPU where it is installed (about 1.8x faster per pass there), else PyTorch.
-
-    ``preseg_steps`` (``T_pre``, with a presegmenter): the presegmentation is noised to ``T_pre`` and refined
-    from there in :meth:`refine_steps` DDIM steps (one per 15 noise steps, at most ``num_steps``: 2 at
-    ``T_pre = 30``, measured as accurate as 3 and 10 there); ``T_pre = 0`` returns the presegmenter's own mask.
-    """
-
-    num_samples: int = 15
-    num_steps: int = 10
-    fuse_steps: int = 10
-    eta: float = 0.0
-    fusion: Literal["exp", "uncertainty"] | None = None
-    seed: int = 0
-    images_per_batch: int = 1
-    precision: Precision = "auto"
-    backend: Backend = "auto"
-    preseg_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.preseg_steps is not None and not 0 <= self.preseg_steps < 1000:
-            raise ValueError(f"preseg_steps (T_pre) must lie in 0..999, got {self.preseg_steps}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.num_samples < 1 or self.num_steps < 1 or self.images_per_batch < 1:
-            raise ValueError("num_samples, num_steps and images_per_batch must be positive")
-        if not 1 <= self.fuse_steps <= self.num_steps:
-            raise ValueError(f"fuse_steps must lie in 1..num_steps ({self.num_steps}), got {self.fuse_steps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def refine_steps(self) -> int:
-        """DDIM steps of a refinement from ``T_pre``: ``ceil(T_pre / 15)``, between 1 and ``num_steps``."""
-        if not self.preseg_steps:
-            return 0
-        return max(1, min(self.num_steps, -(-self.preseg_steps // REFINE_STRIDE)))
+from spinesegdiff.pipelines.settings import (  # noqa: F401 (re-exported: the settings' former home)
+    BACKENDS,
+    DEFAULT_PRESEG_STEPS,
+    PRECISIONS,
+    REFINE_STRIDE,
+    Backend,
+    Precision,
+    SamplerSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -191,7 +144,7 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module, model_config: ModelConfig, train_config: dict[str, Any] | None, *,
                  device: torch.device, settings: SamplerSettings | None = None, model_name: str = "",
-                 presegmenter: Presegmenter | None = None) -> None:
+                 presegmenter: Presegmenter | None = None, scheduler_config: SchedulerConfig | None = None) -> None:
         settings = settings or SamplerSettings()
         if presegmenter is not None and settings.preseg_steps is None:
             settings = dataclasses.replace(settings, preseg_steps=DEFAULT_PRESEG_STEPS)
@@ -216,10 +169,12 @@ class Segmenter:
             elif self.dtype != torch.float32:
                 model = ReducedPrecisionNetwork(model, self.dtype)
         self.model = model
-        schedule = make_schedule(self.train_config.get("schedule", "linear"),
-                                 num_train_timesteps=self.train_config.get("num_train_timesteps", 1000))
+        # the checkpoint's scheduler configuration; else the one in the training settings (linear, T = 1000
+        # for a network built in code, without settings)
+        self.scheduler_config = scheduler_config or SchedulerConfig.from_train_settings(train_config)
         self.prediction_type = model_prediction_type(model_config)
-        self.scheduler = DDIMScheduler(schedule, prediction_type=self.prediction_type, eta=self.settings.eta)
+        self.scheduler = DDIMScheduler(self.scheduler_config.noise_schedule(), prediction_type=self.prediction_type,
+                                       eta=self.settings.eta)
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | None = None, *, device: str = "auto",
@@ -241,7 +196,7 @@ class Segmenter:
             raise InputError(path, "is a segmentation U-Net: pass it as the presegmenter (--preseg-model), and "
                                    "a diffusion model as --model")
         return cls(network, config, payload.get("train_config"), device=target, settings=settings,
-                   model_name=name, presegmenter=presegmenter)
+                   model_name=name, presegmenter=presegmenter, scheduler_config=checkpoint_scheduler(payload, path))
 
     def describe(self) -> dict[str, Any]:
         """Sampler settings as run (fusion and precision resolved), for reports."""

@@ -6,165 +6,53 @@ MSE + Dice + BCE on ``sigmoid(logits)``) or, for IISDM, the noise (MSE). Every `
 network segments the validation patients' central slices with the multi-sample DDIM sampler; the best
 validation mean Dice is kept in ``best.pt``, the latest state in ``last.pt`` (both resumable).
 
+A run stopped early (``max_minutes``, ``stop_after_steps``) saves its place within the epoch and its random
+states, so a resumed run continues exactly where it stopped: it ends with the weights of an uninterrupted run.
+
 Validation patients are taken from the training folds (``val_fraction`` of the training patients, seeded),
 never from the test fold. Under ``torchrun`` each process trains on its own batches (DistributedDataParallel,
 NCCL on GPUs, Gloo on CPUs); only rank 0 validates and writes.
+
+:func:`train` leaves the caller's global state alone: the initial weights are drawn from PyTorch's global
+generator forked and seeded for the run, and the thread count is the caller's.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from spinesegdiff.data.augment import AugmentConfig, augment_batch
-from spinesegdiff.data.cache import SliceCache
-from spinesegdiff.data.folds import FoldSettings, fold_data, open_data
-from spinesegdiff.data.splits import save_split
-from spinesegdiff.devices import resolve_device
-from spinesegdiff.diffusion import DDIMScheduler, add_noise, make_schedule
-from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.evaluation.metrics import dice_per_class
-from spinesegdiff.models import (
-    ModelConfig,
-    build_model,
-    is_diffusion_model,
-    model_prediction_type,
-    preset_config,
-)
-from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file, save_checkpoint
+from spinesegdiff.data.augment import augment_batch
+from spinesegdiff.diffusion import add_noise
+from spinesegdiff.models.checkpoint import load_checkpoint, save_checkpoint
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
-from spinesegdiff.pipelines.sampling import sample_segmentation
+from spinesegdiff.training.config import TrainConfig, make_train_config
 from spinesegdiff.training.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
+from spinesegdiff.training.setup import (
+    Run,
+    build_network,
+    make_scheduler,
+    run_presegmenter,
+    set_up_run,
+    stop_processes,
+)
+from spinesegdiff.training.validation import batch_tensors, validate
 
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything a training run depends on; saved in the run folder and in every checkpoint.
-
-    ``fold`` is the test fold (0-based) of a ``num_folds`` patient split, or ``-1`` to train on every case (the
-    shipped model). ``max_minutes`` stops training gracefully (a final validation and checkpoint) when the wall
-    time is spent. ``holdout_patients`` are left out of training and validation as well (cross-fitted
-    presegmenters); ``crossfit_part`` ``"k/n"`` holds out part ``k`` of ``n`` seeded parts of the fold's training
-    patients (:func:`crossfit_parts`). ``init_from`` starts from a checkpoint's EMA
-    weights (fine-tuning).
-
-    Presegmentation refinement (``preseg_models`` set, diffusion variants): each training slice is presegmented
-    on the fly, after augmentation, by a built-in U-Net that never trained on its patient (cross-fitting);
-    that mask, noised to ``t``, replaces the noised ground truth, and the target stays the ground truth. ``t`` is
-    drawn uniformly from ``[0, preseg_focus_timestep]`` with probability ``preseg_focus_share`` and from
-    ``[0, preseg_max_timestep]`` otherwise, so one model refines from any ``T_pre`` and is best at the focus.
-    """
-
-    data: str
-    out: str
-    preset: str = "compact"
-    variant: str = "spinesegdiff"
-    model: dict[str, Any] | None = None
-    fold: int = 0
-    num_folds: int = 5
-    split_file: str | None = None
-    split_seed: int = 12345
-    val_fraction: float = 0.15
-    seed: int = 0
-    epochs: int = 300
-    batch_size: int = 4
-    lr: float = 1e-4
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    schedule: Literal["linear", "cosine"] = "linear"
-    num_train_timesteps: int = 1000
-    val_every: int = 10
-    val_samples: int = 3
-    val_steps: int = 10
-    val_fuse_steps: int = 5
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    device: str = "auto"
-    amp: bool = True
-    max_minutes: float | None = None
-    threads: int | None = None
-    holdout_patients: tuple[str, ...] = ()
-    crossfit_part: str | None = None
-    init_from: str | None = None
-    preseg_models: tuple[str, ...] = ()
-    preseg_max_timestep: int = 999
-    preseg_focus_timestep: int = 30
-    preseg_focus_share: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.fold < -1 or self.fold >= self.num_folds:
-            raise ValueError(f"fold must be -1 (all data) or in 0..{self.num_folds - 1}, got {self.fold}")
-        if self.batch_size < 1 or self.epochs < 1 or self.val_every < 1:
-            raise ValueError("batch_size, epochs and val_every must be positive")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("lr must be positive and ema_decay in [0, 1)")
-        if isinstance(self.augment, dict):
-            object.__setattr__(self, "augment", AugmentConfig(**self.augment))
-        object.__setattr__(self, "holdout_patients", tuple(str(p) for p in self.holdout_patients))
-        object.__setattr__(self, "preseg_models", tuple(str(p) for p in self.preseg_models))
-        if not 0 <= self.preseg_focus_timestep <= self.preseg_max_timestep < self.num_train_timesteps:
-            raise ValueError("need 0 <= preseg_focus_timestep <= preseg_max_timestep < num_train_timesteps")
-        if self.crossfit_part is not None:
-            part, _, parts = str(self.crossfit_part).partition("/")
-            if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts) and int(parts) >= 2):
-                raise ValueError(f"crossfit_part must read 'k/n' with 1 <= k <= n, n >= 2; got {self.crossfit_part!r}")
-        if not 0.0 <= self.preseg_focus_share <= 1.0:
-            raise ValueError(f"preseg_focus_share must lie in [0, 1], got {self.preseg_focus_share}")
-
-    def fold_settings(self) -> FoldSettings:
-        """The settings that choose this run's training, validation and test patients."""
-        return FoldSettings(fold=self.fold, num_folds=self.num_folds, split_file=self.split_file,
-                            split_seed=self.split_seed, val_fraction=self.val_fraction, val_seed=self.seed,
-                            holdout_patients=self.holdout_patients, crossfit_part=self.crossfit_part)
-
-    def model_config(self) -> ModelConfig:
-        if self.model is not None:
-            return ModelConfig.from_dict(self.model)
-        return preset_config(self.preset, variant=self.variant)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**data)
-
-
-def batch_tensors(cache: SliceCache, indices: np.ndarray | list[int], device: torch.device,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached slices -> image ``(B, 1, H, W)`` float32 in [0, 1] and labels ``(B, H, W)`` int64."""
-    order = np.asarray(indices)
-    image = torch.from_numpy(np.asarray(cache.images[order], dtype=np.float32) / 255.0)[:, None]
-    labels = torch.from_numpy(np.asarray(cache.labels[order], dtype=np.int64))
-    return image.to(device), labels.to(device)
+__all__ = ["TrainConfig", "batch_tensors", "make_scheduler", "make_train_config", "one_hot_x0", "train",
+           "training_loss"]
 
 
 def one_hot_x0(labels: torch.Tensor, channels: int = 3) -> torch.Tensor:
     """Labels ``(B, H, W)`` in {0..3} -> ``(B, 3, H, W)`` one-hot of SC, VB, IVD as ``{0, 1}`` float."""
     return torch.stack([(labels == c) for c in range(1, channels + 1)], dim=1).float()
-
-
-def make_scheduler(config: TrainConfig, model_config: ModelConfig) -> DDIMScheduler:
-    schedule = make_schedule(config.schedule, num_train_timesteps=config.num_train_timesteps)
-    return DDIMScheduler(schedule, prediction_type=model_prediction_type(model_config))
 
 
 def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tensor, *, schedule,
@@ -196,72 +84,24 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
     return segmentation_loss(output.float(), target01)
 
 
-@torch.no_grad()
-def validate(net: torch.nn.Module, cache: SliceCache, indices: list[int], *, scheduler: DDIMScheduler,
-             config: TrainConfig, device: torch.device, batch: int = 4,
-             presegmenter: CrossFittedPresegmenter | None = None) -> np.ndarray:
-    """Per-slice Dice ``(N, 3)`` of the label maps on cached slices (320 x 320 grid).
-
-    Diffusion models are sampled (from noise, or with ``presegmenter`` from its mask noised to
-    ``config.preseg_focus_timestep``); a segmentation U-Net is argmaxed.
-    """
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    scores = []
-    for start in range(0, len(indices), batch):
-        chunk = indices[start:start + batch]
-        image, labels = batch_tensors(cache, chunk, device)
-        if not is_diffusion_model(net.config):
-            predicted_labels = net(image * 2 - 1).argmax(dim=1)
-        else:
-            refine = {}
-            if presegmenter is not None:
-                patients = [cache.entries[i].patient for i in chunk]
-                start_timestep = config.preseg_focus_timestep
-                refine = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
-                          "start_timestep": start_timestep}
-            steps = min(config.val_steps, refine["start_timestep"] + 1) if refine else config.val_steps
-            result = sample_segmentation(
-                net, image * 2 - 1, scheduler=scheduler, num_samples=config.val_samples, num_steps=steps,
-                fuse_steps=min(config.val_fuse_steps, steps), generator=generator,
-                prediction_type=scheduler.prediction_type, **refine,
-            )
-            predicted_labels = result.labels
-        for predicted, truth in zip(predicted_labels.cpu().numpy(), labels.cpu().numpy(), strict=True):
-            scores.append(dice_per_class(predicted, truth))
-    return np.asarray(scores).reshape(-1, 3)
-
-
-def load_crossfitted_presegmenter(config: TrainConfig, cache: SliceCache, device: torch.device
-                                  ) -> CrossFittedPresegmenter:
-    """The run's ``preseg_models`` with, for each, the patients it trained or validated on."""
-    from spinesegdiff.pipelines.presegmenters import UNetPresegmenter
-
-    models, seen = [], []
-    for path in config.preseg_models:
-        presegmenter = UNetPresegmenter.from_checkpoint(path, device=device)
-        its_config = TrainConfig.from_dict(presegmenter.train_config)
-        its_data = fold_data(its_config.fold_settings(), cache)
-        seen.append({cache.entries[i].patient for i in [*its_data.train, *its_data.validation]})
-        models.append(presegmenter)
-    return CrossFittedPresegmenter(models, seen)
-
-
 def _preseg_timesteps(config: TrainConfig, batch: int, generator: torch.Generator,
                       device: torch.device) -> torch.Tensor:
     """Refinement training steps: uniform on ``[0, focus]`` with probability ``focus_share``, else on
     ``[0, preseg_max_timestep]``."""
-    focus = torch.rand(batch, generator=generator, device=device) < config.preseg_focus_share
-    high = torch.where(focus, config.preseg_focus_timestep + 1, config.preseg_max_timestep + 1)
+    refinement = config.refinement
+    focus = torch.rand(batch, generator=generator, device=device) < refinement.preseg_focus_share
+    high = torch.where(focus, refinement.preseg_focus_timestep + 1, refinement.preseg_max_timestep + 1)
     return (torch.rand(batch, generator=generator, device=device) * high).long().clamp_max(high - 1)
 
 
 def _learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "cosine":
-        progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-        return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-    return config.lr
+    settings = config.optimisation
+    if settings.warmup_steps and step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    if settings.lr_schedule == "cosine":
+        progress = min(1.0, (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps))
+        return settings.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return settings.lr
 
 
 @torch.no_grad()
@@ -273,10 +113,185 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             target.copy_(source)
 
 
-def _distributed() -> tuple[int, int, int]:
-    """``(rank, local_rank, world_size)`` under torchrun, else ``(0, 0, 1)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+@dataclass
+class TrainState:
+    """What changes as a run trains, all of it saved in its checkpoints.
+
+    ``step_in_epoch`` and ``epoch_losses`` are the place within an epoch that a run stopped early reached, so
+    that a resumed run continues with the next batch instead of repeating the epoch.
+    """
+
+    net: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    sampler_rng: np.random.Generator
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    best_metric: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def random_states(self) -> dict[str, Any]:
+        states = {"torch": self.generator.get_state(), "numpy": self.sampler_rng.bit_generator.state,
+                  "global": torch.get_rng_state()}
+        if self.generator.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.generator.device)
+        return states
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Take up the state saved in a checkpoint (``resume``)."""
+        self.net.load_state_dict(payload["model"])
+        self.ema.load_state_dict(payload["ema"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step, self.epoch = payload["step"], payload["epoch"]
+        self.step_in_epoch = payload.get("step_in_epoch", 0)
+        self.epoch_losses = list(payload.get("epoch_losses", []))
+        self.best_metric, self.history = payload["best_metric"], payload["history"]
+        rng = payload["rng"]
+        self.generator.set_state(rng["torch"].to(self.generator.get_state().device))
+        self.sampler_rng.bit_generator.state = rng["numpy"]
+        if "global" in rng:
+            torch.set_rng_state(rng["global"].cpu())
+        if "cuda" in rng and self.generator.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.generator.device)
+
+
+def _initial_state(config: TrainConfig, run: Run, net: torch.nn.Module, *, resume: bool) -> TrainState:
+    """Optimiser, EMA and random generators of a fresh run, or the state saved in ``last.pt`` on resume."""
+    seed = config.optimisation.seed * 1000 + run.rank  # batches differ by rank
+    state = TrainState(
+        net=net, ema=copy.deepcopy(net).eval().requires_grad_(False),
+        optimizer=torch.optim.AdamW(net.parameters(), lr=config.optimisation.lr,
+                                    weight_decay=config.optimisation.weight_decay),
+        generator=torch.Generator(device=run.device).manual_seed(seed), sampler_rng=np.random.default_rng(seed),
+    )
+    if resume:
+        state.restore(load_checkpoint(run.last_path, map_location=run.device))
+    return state
+
+
+def save_training_checkpoint(path: Path, config: TrainConfig, run: Run, state: TrainState) -> Path:
+    """A resumable checkpoint: weights, optimiser, place in the run, history, random states and configs."""
+    return save_checkpoint(path, {
+        "model_config": run.model_config.to_dict(), "train_config": config.to_dict(),
+        "scheduler": config.scheduler.to_dict(),
+        "model": state.net.state_dict(), "ema": state.ema.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+        "epoch_losses": list(state.epoch_losses), "best_metric": state.best_metric, "history": state.history,
+        "rng": state.random_states(),
+    })
+
+
+def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfig, run: Run, *,
+                   presegmenter: CrossFittedPresegmenter | None, lr: float) -> float:
+    """One optimiser step on a fresh batch (augmented; presegmented for refinement); returns the loss."""
+    settings, device, train_slices = config.optimisation, run.device, run.data.train
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    chosen = np.sort(state.sampler_rng.choice(train_slices, size=settings.batch_size,
+                                              replace=len(train_slices) < settings.batch_size))
+    image, labels = batch_tensors(run.cache, chosen, device)
+    image, labels = augment_batch(image, labels, config.augment, state.generator)
+    refine: dict[str, torch.Tensor] = {}
+    if presegmenter is not None:
+        patients = [run.cache.entries[i].patient for i in chosen]
+        refine = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
+                  "timesteps": _preseg_timesteps(config, len(chosen), state.generator, device)}
+    use_amp = config.runtime.amp and device.type == "cuda"
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        if run.diffusion:
+            loss, _ = training_loss(model, image * 2 - 1, labels, schedule=run.scheduler.schedule,
+                                    prediction_type=run.scheduler.prediction_type, generator=state.generator,
+                                    **refine)
+        else:
+            loss, _ = dice_cross_entropy_loss(model(image * 2 - 1).float(), labels)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.net.parameters(), settings.grad_clip)
+    state.optimizer.step()
+    _update_ema(state.ema, state.net, min(settings.ema_decay, (1 + state.step) / (10 + state.step)))
+    return float(loss.detach())
+
+
+def _end_of_epoch(config: TrainConfig, run: Run, state: TrainState, *, losses: list[float], finished: bool,
+                  minutes: float, presegmenter: CrossFittedPresegmenter | None) -> dict[str, Any] | None:
+    """Rank 0, every ``val_every`` epochs and at the end: validate the EMA network, record, save checkpoints.
+
+    Returns the history record, or ``None`` when this epoch does not validate.
+    """
+    if not run.is_main or not (state.epoch % config.validation.val_every == 0 or finished):
+        return None
+    record: dict[str, Any] = {"epoch": state.epoch, "step": state.step, "loss": float(np.mean(losses)),
+                              "minutes": minutes}
+    improved = True  # without validation patients the latest EMA is the best there is
+    if run.data.validation:
+        dice = validate(state.ema, run.cache, run.data.validation, scheduler=run.scheduler, config=config,
+                        device=run.device, presegmenter=presegmenter)
+        record["val_dice"] = dice.mean(axis=0).round(4).tolist()
+        record["val_mdice"] = round(float(dice.mean()), 4)
+        improved = record["val_mdice"] > state.best_metric
+        state.best_metric = max(state.best_metric, record["val_mdice"])
+    state.history.append(record)
+    if improved:
+        save_training_checkpoint(run.best_path, config, run, state)
+    save_training_checkpoint(run.last_path, config, run, state)
+    return record
+
+
+def _fork_devices() -> list[int]:
+    """CUDA devices whose random state :func:`torch.random.fork_rng` must keep (all of them, as
+    ``torch.manual_seed`` seeds every device)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _parallel(net: torch.nn.Module, run: Run) -> torch.nn.Module:
+    """The network to train: wrapped in DistributedDataParallel under torchrun, else as it is."""
+    if run.world == 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+
+
+@dataclass
+class _Budget:
+    """When this call stops early: after ``max_minutes`` of wall time or ``max_steps`` optimiser steps."""
+
+    max_minutes: float | None
+    max_steps: int | None
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    spent: bool = False
+
+    def count_step(self) -> None:
+        self.steps += 1
+        out_of_time = self.max_minutes is not None and self.minutes() > self.max_minutes
+        self.spent = out_of_time or (self.max_steps is not None and self.steps >= self.max_steps)
+
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60
+
+
+def _train_epoch(model: torch.nn.Module, state: TrainState, config: TrainConfig, run: Run, *, steps_per_epoch: int,
+                 presegmenter: CrossFittedPresegmenter | None, budget: _Budget, bar) -> list[float]:
+    """Train the rest of the epoch (all of it, unless resumed within it) or until the budget is spent; returns
+    the epoch's losses so far. A complete epoch is counted and the place within it reset."""
+    total_steps = steps_per_epoch * config.optimisation.epochs
+    model.train()
+    while state.step_in_epoch < steps_per_epoch and not budget.spent:
+        lr = _learning_rate(config, state.step, total_steps)
+        state.epoch_losses.append(_training_step(model, state, config, run, presegmenter=presegmenter, lr=lr))
+        state.step, state.step_in_epoch = state.step + 1, state.step_in_epoch + 1
+        budget.count_step()
+        bar.update(1)
+        bar.set_postfix(epoch=state.epoch, loss=f"{np.mean(state.epoch_losses[-20:]):.4f}", lr=f"{lr:.1e}")
+    losses = state.epoch_losses
+    if state.step_in_epoch == steps_per_epoch:
+        state.epoch, state.step_in_epoch, state.epoch_losses = state.epoch + 1, 0, []
+    return losses
 
 
 def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
@@ -287,175 +302,30 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
         config: the run's settings.
         progress: show a progress bar with the loss and the time left.
         resume: continue from ``<out>/last.pt``; without it an existing run folder is refused.
-        stop_after_steps: stop after this many optimiser steps in this call (tests, smoke runs); the checkpoint
-            is written as at the end of an epoch.
+        stop_after_steps: stop after this many optimiser steps in this call (tests, smoke runs); the run
+            validates and saves its place, and ``resume`` continues from there.
     """
     from tqdm.auto import tqdm
 
-    rank, local_rank, world = _distributed()
-    if world > 1:
-        import torch.distributed as dist
-
-        backend = "nccl" if torch.cuda.is_available() and config.device != "cpu" else "gloo"
-        dist.init_process_group(backend=backend)
-        device = torch.device(f"cuda:{local_rank}") if backend == "nccl" else torch.device("cpu")
-        if backend == "nccl":
-            torch.cuda.set_device(device)
-    else:
-        device = resolve_device(config.device, quiet=not progress)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    is_main = rank == 0
-    out = Path(config.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not resume:
-        raise InputError(out, "already holds a training run; pass --resume to continue it or choose a new --out")
-    if resume and not last_path.exists():
-        raise InputError(out, "has no last.pt to resume from")
-    out.mkdir(parents=True, exist_ok=True)
-
-    if world > 1 and not is_main:
-        torch.distributed.barrier()  # rank 0 builds the cache first (from a SPIDER folder)
-    cache = open_data(config.data, config.out, quiet=not (progress and is_main))
-    if world > 1 and is_main:
-        torch.distributed.barrier()
-    data = fold_data(config.fold_settings(), cache)
-    if not data.train:
-        raise InputError(config.data, "no training slices for this fold")
-    model_config = config.model_config()
-    if is_main:
-        (out / "config.json").write_text(json.dumps(
-            {"train": config.to_dict(), "model": model_config.to_dict()}, indent=2, default=str))
-        save_split(data.split, out / "splits_final.json")
-
-    torch.manual_seed(config.seed)  # same initial weights on every rank; batches differ by rank below
-    net = build_model(model_config).to(device)
-    if config.init_from and not resume:
-        initial = load_checkpoint(resolve_model_file(config.init_from), map_location="cpu")
-        if ModelConfig.from_dict(initial["model_config"]) != model_config:
-            raise InputError(config.init_from, "holds a network of another configuration than this run's")
-        net.load_state_dict(initial.get("ema") or initial["model"])
-    diffusion = is_diffusion_model(model_config)
-    presegmenter = None
-    if config.preseg_models:
-        if not diffusion:
-            raise SpineSegDiffError("presegmentation refinement trains a diffusion variant, not a U-Net")
-        presegmenter = load_crossfitted_presegmenter(config, cache, device)
-        try:
-            presegmenter.check_covers([cache.entries[i].patient for i in [*data.train, *data.validation]])
-        except ValueError as err:
-            raise SpineSegDiffError(str(err)) from err
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(config, model_config)
-    prediction_type = scheduler.prediction_type
-    schedule = scheduler.schedule
-    generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
-    sampler_rng = np.random.default_rng(config.seed * 1000 + rank)
-    step, epoch, best_metric, history = 0, 0, -1.0, []
-    if resume:
-        payload = load_checkpoint(last_path, map_location=device)
-        net.load_state_dict(payload["model"])
-        ema.load_state_dict(payload["ema"])
-        optimizer.load_state_dict(payload["optimizer"])
-        step, epoch = payload["step"], payload["epoch"]
-        best_metric, history = payload["best_metric"], payload["history"]
-        generator.set_state(payload["rng"]["torch"].to(generator.get_state().device))
-        sampler_rng.bit_generator.state = payload["rng"]["numpy"]
-    model = net
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    use_amp = config.amp and device.type == "cuda"
-
-    steps_per_epoch = max(1, math.ceil(len(data.train) / (config.batch_size * world)))
-    total_steps = steps_per_epoch * config.epochs
-    started = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (progress and is_main))
-
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(path, {
-            "model_config": model_config.to_dict(), "train_config": config.to_dict(),
-            "model": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch, "best_metric": best_metric, "history": history,
-            "rng": {"torch": generator.get_state(), "numpy": sampler_rng.bit_generator.state},
-        })
-
-    stopped_early = False
-    steps_this_call = 0
-    while epoch < config.epochs and not stopped_early:
-        model.train()
-        running = []
-        for _ in range(steps_per_epoch):
-            lr = _learning_rate(config, step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            chosen = sampler_rng.choice(data.train, size=config.batch_size, replace=len(data.train) < config.batch_size)
-            image, labels = batch_tensors(cache, np.sort(chosen), device)
-            image, labels = augment_batch(image, labels, config.augment, generator)
-            refine: dict[str, torch.Tensor] = {}
-            if presegmenter is not None:
-                patients = [cache.entries[i].patient for i in np.sort(chosen)]
-                refine = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
-                          "timesteps": _preseg_timesteps(config, len(chosen), generator, device)}
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if diffusion:
-                    loss, _ = training_loss(model, image * 2 - 1, labels, schedule=schedule,
-                                            prediction_type=prediction_type, generator=generator, **refine)
-                else:
-                    loss, _ = dice_cross_entropy_loss(model(image * 2 - 1).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            optimizer.step()
-            _update_ema(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
-            step += 1
-            steps_this_call += 1
-            running.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(running[-20:]):.4f}", lr=f"{lr:.1e}")
-            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
-            if out_of_time or (stop_after_steps is not None and steps_this_call >= stop_after_steps):
-                stopped_early = True
-                break
-        epoch += 1 if not stopped_early else 0
-        finished = epoch >= config.epochs or stopped_early
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(np.mean(running)),
-                                  "minutes": (time.monotonic() - started) / 60}
-        if is_main and (epoch % config.val_every == 0 or finished):
-            improved = True  # without validation patients the latest EMA is the best there is
-            if data.validation:
-                dice = validate(ema, cache, data.validation, scheduler=scheduler, config=config, device=device,
-                                presegmenter=presegmenter)
-                record["val_dice"] = dice.mean(axis=0).round(4).tolist()
-                record["val_mdice"] = round(float(dice.mean()), 4)
-                improved = record["val_mdice"] > best_metric
-                best_metric = max(best_metric, record["val_mdice"])
-            history.append(record)
-            if improved:
-                checkpoint(best_path)
-            checkpoint(last_path)
-            bar.write(json.dumps(record))
-    bar.close()
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-    return out
-
-
-def load_train_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a JSON file (keys of :class:`TrainConfig`; ``augment`` may be a nested object)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpineSegDiffError(f"{path}: no such config file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"not a JSON file ({err})") from err
-    if not isinstance(data, dict):
-        raise InputError(path, "expected a JSON object of training settings")
-    return data.get("train", data)
+    run = set_up_run(config, resume=resume, progress=progress)
+    epochs = config.optimisation.epochs
+    steps_per_epoch = max(1, math.ceil(len(run.data.train) / (config.optimisation.batch_size * run.world)))
+    with torch.random.fork_rng(devices=_fork_devices()):
+        torch.manual_seed(config.optimisation.seed)  # same initial weights on every rank
+        net = build_network(config, run, resume=resume)
+        presegmenter = run_presegmenter(config, run)
+        state = _initial_state(config, run, net, resume=resume)
+        model = _parallel(net, run)
+        budget = _Budget(config.runtime.max_minutes, stop_after_steps)
+        bar = tqdm(total=steps_per_epoch * epochs, initial=state.step, desc="train", unit="step",
+                   disable=not (progress and run.is_main))
+        while state.epoch < epochs and not budget.spent:
+            losses = _train_epoch(model, state, config, run, steps_per_epoch=steps_per_epoch,
+                                  presegmenter=presegmenter, budget=budget, bar=bar)
+            record = _end_of_epoch(config, run, state, losses=losses, presegmenter=presegmenter,
+                                   finished=budget.spent or state.epoch >= epochs, minutes=budget.minutes())
+            if record is not None:
+                bar.write(json.dumps(record))
+        bar.close()
+    stop_processes(run)
+    return run.out

@@ -8,6 +8,7 @@ the same. Outputs match PyTorch to float32 round-off (checked in the tests).
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -45,7 +46,7 @@ class OnnxDenoiser:
     """An ONNX Runtime copy of a :class:`~spinesegdiff.models.SpineSegDiffNet` (or any network of the family).
 
     Args:
-        net: the PyTorch network (eval mode, CPU).
+        net: the PyTorch network (exported from a CPU copy in eval mode; the network itself is left as it is).
         size: the square input size it will be run at (320).
         threads: intra-op threads for ONNX Runtime (``None``: its default).
     """
@@ -53,7 +54,7 @@ class OnnxDenoiser:
     def __init__(self, net: torch.nn.Module, *, size: int = 320, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        net = net.eval().cpu()
+        net = copy.deepcopy(net).eval().cpu()  # the caller's network keeps its mode and device
         self.has_image_encoder = bool(getattr(net, "has_image_encoder", False))
         options = ort.SessionOptions()
         if threads:

@@ -9,6 +9,7 @@ cache folder keyed by the weights, so only the first run of a model pays the con
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
@@ -56,7 +57,8 @@ class OpenVinoDenoiser:
     """An OpenVINO copy of a network of the family, compiled for the CPU.
 
     Args:
-        net: the PyTorch network (any device; converted from a CPU float32 copy).
+        net: the PyTorch network (any device, any dtype; converted from a CPU float32 copy, the network itself is
+            left as it is).
         dtype: ``torch.bfloat16`` or ``torch.float32``, the arithmetic OpenVINO is asked for.
         size: the square input size it will be run at (320).
         threads: CPU threads for OpenVINO (``None``: its default, all cores).
@@ -67,7 +69,7 @@ class OpenVinoDenoiser:
                  threads: int | None = None, cache: Path | None = None) -> None:
         import openvino
 
-        self.net = net.eval().float().cpu()
+        self.net = copy.deepcopy(net).eval().float().cpu()  # the caller's network keeps its dtype and device
         self.has_image_encoder = bool(getattr(self.net, "has_image_encoder", False))
         self.dtype = dtype
         core = openvino.Core()
