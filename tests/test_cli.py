@@ -235,10 +235,11 @@ def test_cli_choices_come_from_the_registries() -> None:
     from spinesegdiff.diffusion import SCHEDULE_KINDS
     from spinesegdiff.models.config import PRESETS, VARIANTS
     from spinesegdiff.pipelines.settings import BACKENDS, PRECISIONS, PRESEGMENTERS
+    from spinesegdiff.training.lr_schedule import LR_SCHEDULES
 
     registries = {"--device": DEVICE_CHOICES, "--precision": PRECISIONS, "--backend": BACKENDS,
                   "--contrast": CONTRAST_SETS, "--preset": PRESETS, "--variant": VARIANTS,
-                  "--schedule": SCHEDULE_KINDS}
+                  "--schedule": SCHEDULE_KINDS, "--lr-schedule": LR_SCHEDULES}
     choices = _choices(build_parser())
     for (command, option), allowed in choices.items():
         if option in registries:
@@ -246,7 +247,8 @@ def test_cli_choices_come_from_the_registries() -> None:
     for command in ("predict", "demo"):
         assert choices[(command, "--preseg")] == PRESEGMENTERS
     seen = {option for _, option in choices}
-    assert seen >= {"--device", "--precision", "--backend", "--contrast", "--preset", "--variant", "--preseg"}
+    assert seen >= {"--device", "--precision", "--backend", "--contrast", "--preset", "--variant", "--preseg",
+                    "--schedule", "--lr-schedule"}
 
 
 def test_format_help_lists_the_output_formats() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +84,6 @@ def test_evaluate_writes_tables_figures_and_an_offline_page(make_spider_folder, 
     # command is recorded with paths relative to the current folder
     argv = ["evaluate", "--system", f"SpineSegDiff={diffusion}", "--out", str(out), "--reuse", "--quiet"]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["spinesegdiff", *argv])
     assert main(argv) == 0
     assert "no pathology analysis" in capsys.readouterr().out and "Pathologies" not in (out / "report.html").read_text()
     recorded = json.loads((out / "summary.json").read_text())["commands"]

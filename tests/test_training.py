@@ -148,6 +148,7 @@ def test_remap_and_inversion_keep_air_dark() -> None:
     assert inverted[0, 0, 0, 3] < inverted[0, 0, 0, 2]
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_the_phantom() -> None:
     """Learnability: a tiny SpineSegDiff learns phantom slices to Dice >= 0.8 within a short CPU budget."""
     from spinesegdiff.data.phantom import phantom_batch
@@ -335,3 +336,15 @@ def test_a_cosine_checkpoint_samples_with_cosine(tmp_path: Path) -> None:
         assert np.array_equal(sampled, reference) == same, kind
     slim = export_weights(path, tmp_path / "slim.pt")
     assert load_checkpoint(slim)["scheduler"] == {"schedule": "cosine", "num_train_timesteps": 1000}
+
+
+def test_learning_rate_schedules_by_hand() -> None:
+    from spinesegdiff.training.lr_schedule import learning_rate
+
+    assert learning_rate(0, 100, lr=1.0, schedule="constant", warmup_steps=4) == 0.25
+    assert learning_rate(3, 100, lr=1.0, schedule="cosine", warmup_steps=4) == 1.0
+    assert learning_rate(50, 100, lr=2.0, schedule="constant", warmup_steps=4) == 2.0
+    assert learning_rate(4, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(1.0)
+    assert learning_rate(54, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(0.02 + 0.98 * 0.5)
+    assert learning_rate(104, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(0.02)
+    assert learning_rate(500, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(0.02)

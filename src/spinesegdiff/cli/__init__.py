@@ -52,5 +52,7 @@ def run_guarded(handler: Callable[[argparse.Namespace], int], args: argparse.Nam
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed, for reports that record how they were made
     return run_guarded(args.handler, args)

@@ -6,7 +6,6 @@ Each command parses its options, calls one function of :mod:`spinesegdiff.evalua
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from spinesegdiff.cli.options import add_sampler_options, parse_folds, sampler_settings
@@ -58,7 +57,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from spinesegdiff.evaluation.systems import SystemSpec
 
     specs = [SystemSpec.parse(text) for text in args.system]
-    commands = [recorded_command(["spinesegdiff", *sys.argv[1:]])] if sys.argv[1:] else []
+    commands = [recorded_command(["spinesegdiff", *args.argv])]
     page = run_evaluation(specs, args.out, metadata=args.metadata, ablation_files=args.ablation,
                           settings=sampler_settings(args), device=args.device, reuse=args.reuse,
                           folds=parse_folds(args.folds), commands=commands, quiet=args.quiet)

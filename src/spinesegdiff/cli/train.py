@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 
 from spinesegdiff.devices import DEVICE_CHOICES
-
-# kept here so that --help needs no torch import; tests check them against spinesegdiff.models.config
-PRESETS = ("paper", "compact", "tiny")
-VARIANTS = ("spinesegdiff", "spinesegdiff_no_ie", "diffunet2d", "iisdm", "unet")
+from spinesegdiff.diffusion.config import SCHEDULE_KINDS
+from spinesegdiff.models.config import PRESETS, VARIANTS
+from spinesegdiff.training.lr_schedule import LR_SCHEDULES
 
 _TRAIN_FLAGS = {
     "preset": "preset", "variant": "variant", "fold": "fold", "folds": "num_folds", "split_file": "split_file",
@@ -60,10 +59,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4, as the paper)")
-    tr.add_argument("--lr-schedule", choices=("constant", "cosine"))
+    tr.add_argument("--lr-schedule", choices=LR_SCHEDULES)
     tr.add_argument("--warmup-steps", type=int)
     tr.add_argument("--ema-decay", type=float)
-    tr.add_argument("--schedule", choices=("linear", "cosine"), help="noise schedule (default linear)")
+    tr.add_argument("--schedule", choices=SCHEDULE_KINDS, help="noise schedule (default linear)")
     tr.add_argument("--val-every", type=int, help="validate every N epochs")
     tr.add_argument("--val-fraction", type=float,
                     help="share of the training patients held out for validation (default 0.15; 0: none)")

@@ -10,16 +10,14 @@ those to the data's device and dtype, so a schedule never changes device behind 
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import torch
 
-ScheduleKind = Literal["linear", "cosine"]
-SCHEDULE_KINDS: tuple[str, ...] = ("linear", "cosine")
+from spinesegdiff.diffusion.config import SCHEDULE_KINDS, ScheduleKind, SchedulerConfig
+
+__all__ = ["SCHEDULE_KINDS", "NoiseSchedule", "ScheduleKind", "SchedulerConfig", "add_noise", "make_schedule"]
 
 _COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal (2021), eq. 17
 _MAX_BETA = 0.999  # beta clip of the cosine schedule (Nichol & Dhariwal, 2021)
@@ -128,61 +126,3 @@ def add_noise(
     signal = abar.sqrt().to(device=x0.device, dtype=x0.dtype).view(view)
     noise_scale = (1.0 - abar).sqrt().to(device=x0.device, dtype=x0.dtype).view(view)
     return signal * x0 + noise_scale * noise
-
-
-@dataclass(frozen=True, kw_only=True)
-class SchedulerConfig:
-    """The noise schedule a network was trained with, saved beside its weights (``"scheduler"`` in a checkpoint).
-
-    Like a diffusers scheduler config, it is all that is needed to rebuild the schedule the network expects;
-    the prediction type comes from the model configuration.
-
-    Attributes:
-        schedule: ``"linear"`` (the paper) or ``"cosine"`` (the reference code, presegmentation refinement).
-        num_train_timesteps: ``T``.
-    """
-
-    schedule: ScheduleKind = "linear"
-    num_train_timesteps: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULE_KINDS:
-            raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {self.schedule!r}")
-        if isinstance(self.num_train_timesteps, bool) or not isinstance(self.num_train_timesteps, int) \
-                or self.num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer, got {self.num_train_timesteps!r}")
-
-    def noise_schedule(self) -> NoiseSchedule:
-        """The :class:`NoiseSchedule` this configuration describes."""
-        return make_schedule(self.schedule, num_train_timesteps=self.num_train_timesteps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SchedulerConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a ``ValueError`` naming them."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a scheduler configuration is a mapping, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown scheduler settings: {', '.join(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_train_settings(cls, settings: Mapping[str, Any] | None) -> SchedulerConfig:
-        """The schedule named in saved training settings (their ``scheduler`` section, or the flat ``schedule``
-        and ``num_train_timesteps`` keys of older runs); ``None`` or empty settings (a network built in code)
-        give the default linear schedule of ``T = 1000``.
-
-        Raises:
-            ValueError: settings that name no schedule.
-        """
-        if not settings:
-            return cls()
-        if isinstance(settings.get("scheduler"), Mapping):
-            return cls.from_dict(settings["scheduler"])
-        if "schedule" not in settings:
-            raise ValueError("the training settings name no noise schedule")
-        return cls(schedule=settings["schedule"], num_train_timesteps=settings.get("num_train_timesteps", 1000))

@@ -84,7 +84,8 @@ def run_ablation(run_dir: str | Path, preseg: str, preseg_model: str | Path | No
         from_noise = value >= total
         segmenter = Segmenter(base.model, base.model_config, base.train_config, device=base.device,
                               settings=replace(base.settings, preseg_steps=None if from_noise else value),
-                              presegmenter=None if from_noise else presegmenter)
+                              presegmenter=None if from_noise else presegmenter,
+                              scheduler_config=base.scheduler_config)
         timed = segment_held_out(segmenter.segment, held_out, desc=f"T_pre={value}", quiet=quiet)
         scores = np.asarray([dice_per_class(result.labels[0], held_out.truth(k))
                              for k, result in enumerate(timed.outputs)])

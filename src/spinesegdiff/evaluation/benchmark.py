@@ -80,7 +80,7 @@ def run_benchmark(model: str | Path, *, data_dir: Path | None = None, samples: i
     def build(**changes) -> tuple[Segmenter, float]:
         started = time.perf_counter()
         segmenter = Segmenter(network, fp32.model_config, fp32.train_config, device=torch.device("cpu"),
-                              settings=replace(fp32_settings, **changes))
+                              settings=replace(fp32_settings, **changes), scheduler_config=fp32.scheduler_config)
         return segmenter, time.perf_counter() - started
 
     def add(name: str, segmenter: Segmenter) -> None:
@@ -106,7 +106,8 @@ def run_benchmark(model: str | Path, *, data_dir: Path | None = None, samples: i
             onnx_model = OnnxDenoiser(network, threads=torch.get_num_threads())
             export_seconds = time.perf_counter() - started
             fast = Segmenter(onnx_model, fp32.model_config, fp32.train_config,  # type: ignore[arg-type]
-                             device=torch.device("cpu"), settings=fp32_settings)
+                             device=torch.device("cpu"), settings=fp32_settings,
+                             scheduler_config=fp32.scheduler_config)
             add(f"(c) ours in fp32 through ONNX Runtime (export {export_seconds:.1f} s, once)", fast)
     if reference_same_backend and (ours.backend, ours.dtype) != ("torch", torch.float32):
         rows.append(_reference_row(ours, image, f"(a') authors' procedure through (b)'s network, {_label(ours)}",

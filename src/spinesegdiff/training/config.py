@@ -25,7 +25,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from spinesegdiff.data.augment import AugmentConfig
 from spinesegdiff.data.folds import FoldSettings
@@ -33,6 +33,7 @@ from spinesegdiff.devices import DEVICE_CHOICES
 from spinesegdiff.diffusion import SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.models import ModelConfig, preset_config
+from spinesegdiff.training.lr_schedule import LR_SCHEDULES, LrSchedule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,7 +47,7 @@ class OptimisationSettings:
     epochs: int = 300
     batch_size: int = 4
     lr: float = 1e-4
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: LrSchedule = "constant"
     warmup_steps: int = 0
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
@@ -58,8 +59,8 @@ class OptimisationSettings:
             raise ValueError("batch_size and epochs must be positive")
         if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("lr must be positive and ema_decay in [0, 1)")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("warmup_steps, weight_decay and grad_clip must not be negative")
 

@@ -36,6 +36,7 @@ from spinesegdiff.models.checkpoint import load_checkpoint, save_checkpoint
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
 from spinesegdiff.training.config import TrainConfig, make_train_config
 from spinesegdiff.training.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
+from spinesegdiff.training.lr_schedule import learning_rate
 from spinesegdiff.training.setup import (
     Run,
     build_network,
@@ -96,12 +97,8 @@ def _preseg_timesteps(config: TrainConfig, batch: int, generator: torch.Generato
 
 def _learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     settings = config.optimisation
-    if settings.warmup_steps and step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    if settings.lr_schedule == "cosine":
-        progress = min(1.0, (step - settings.warmup_steps) / max(1, total_steps - settings.warmup_steps))
-        return settings.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-    return settings.lr
+    return learning_rate(step, total_steps, lr=settings.lr, schedule=settings.lr_schedule,
+                         warmup_steps=settings.warmup_steps)
 
 
 @torch.no_grad()
