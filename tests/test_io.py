@@ -146,3 +146,14 @@ def test_geometry_validation_and_dict_round_trip() -> None:
         Geometry((0.0, 1.0, 1.0), (0.0, 0.0, 0.0), OBLIQUE.direction)
     with pytest.raises(ValueError, match="needs 3 origin values"):
         Geometry((1.0, 1.0, 1.0), (0.0, 0.0), OBLIQUE.direction)
+
+
+def test_capital_endings_are_written_and_read_in_their_format(tmp_path: Path) -> None:
+    geometry = Geometry(spacing=(0.5, 0.6, 3.0), origin=(1.0, 2.0, 3.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    array = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    for name in ("SCAN.MHA", "SCAN.NII.GZ", "SCAN.NRRD"):
+        write_image(tmp_path / name, array, geometry)
+        assert (tmp_path / name).stat().st_size > 0
+        read, read_geometry = read_image(tmp_path / name)
+        np.testing.assert_array_equal(read, array)
+        assert read_geometry.allclose(geometry, atol=1e-5)

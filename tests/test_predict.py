@@ -246,6 +246,8 @@ def test_demo_writes_readable_outputs_on_the_scans_grid(demo_run) -> None:
     assert report["sampler"]["presegmenter"] == "unet" and report["model"].startswith("shipped:")
     for k, key in enumerate(("SC", "VB", "IVD")):
         assert report["structures"][key]["pixels"] == int((labels == k + 1).sum()) > 0
+    assert report["quality"]["verdict"] == "ok" and report["quality"]["reasons"] == []
+    assert report["quality"]["measures"]["discs"] >= 5
     assert (demo / "spider_107_t2_SPACE_overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

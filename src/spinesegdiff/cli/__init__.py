@@ -38,17 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_guarded(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a command; user-facing errors become one line on stderr and a non-zero exit code."""
+    """Run a command; user-facing errors become one line on stderr and a non-zero exit code.
+
+    While the command runs, SIGTERM and SIGINT raise :class:`~spinesegdiff.pipelines.publish.Interrupted`
+    (deferred while a scan's outputs are being renamed into place), so the scan in progress is finished or
+    rolled back; the exit code is then 128 + the signal (143 for SIGTERM, 130 for SIGINT). The previous
+    handlers are restored when the command returns.
+    """
     from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.pipelines.publish import interruptible
 
     try:
-        return handler(args)
+        with interruptible():
+            return handler(args)
     except SpineSegDiffError as err:
         print(f"spinesegdiff: error: {err}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    except KeyboardInterrupt:
-        print("spinesegdiff: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:
+        print(f"spinesegdiff: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", EXIT_INTERRUPTED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spinesegdiff.cli.options import add_sampler_options, parse_folds, sampler_settings
+from spinesegdiff.cli.options import PRESEG_MODEL_HELP, add_sampler_options, parse_folds, sampler_settings
 from spinesegdiff.devices import DEVICE_CHOICES
 
 ABLATION_PRESEGMENTERS = ("unet", "nnunet")
@@ -98,9 +98,7 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
     add_sampler_options(ab)
     ab.add_argument("--preseg", required=True, choices=ABLATION_PRESEGMENTERS,
                     help="the presegmenter whose mask is refined")
-    ab.add_argument("--preseg-model", type=Path,
-                    help="presegmenter: a U-Net run or checkpoint (unet; default the shipped U-Net) or an "
-                         "nnU-Net 2d model folder (nnunet)")
+    ab.add_argument("--preseg-model", type=Path, help=PRESEG_MODEL_HELP)
     ab.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     ab.add_argument("--quiet", action="store_true")
     ab.set_defaults(handler=_cmd_ablate)

@@ -17,6 +17,9 @@ from spinesegdiff.pipelines.settings import (
 )
 
 EXIT_INPUT_ERROR = 2
+PRESEG_MODEL_HELP = ("presegmenter: a U-Net run or checkpoint (unet; default the shipped U-Net) or an nnU-Net 2d "
+                     "model folder (nnunet). Only use nnU-Net folders you trust: nnU-Net loads their checkpoints "
+                     "with pickle (torch.load weights_only=False), which can run code hidden in the file")
 EXIT_INTERRUPTED = 130
 _SAMPLER = SamplerSettings()
 
@@ -62,21 +65,32 @@ def add_preseg_options(parser: argparse.ArgumentParser) -> None:
                         help=f"refine a presegmenter's mask (T_pre = {DEFAULT_PRESEG_STEPS}, 2 DDIM steps) instead "
                              "of sampling from noise (10 steps); default: unet with the shipped models, none with "
                              "--model")
-    parser.add_argument("--preseg-model", type=Path,
-                        help="presegmenter: a U-Net run or checkpoint (unet; default the shipped U-Net) or an "
-                             "nnU-Net 2d model folder (nnunet)")
+    parser.add_argument("--preseg-model", type=Path, help=PRESEG_MODEL_HELP)
     parser.add_argument("--preseg-steps", type=int,
                         help="T_pre, the noise step the presegmentation is refined from (default "
                              f"{DEFAULT_PRESEG_STEPS}; 0: the presegmenter's own mask)")
 
 
+SAMPLER_OPTIONS = {"num_samples": "--samples", "num_steps": "--steps", "fuse_steps": "--fuse-steps",
+                   "seed": "--seed", "precision": "--precision", "backend": "--backend",
+                   "preseg_steps": "--preseg-steps"}
+"""The option that sets each :class:`SamplerSettings` field (its errors name the option)."""
+
+
 def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
+    """The sampler options as settings; a value out of range is one line naming the option (exit 2)."""
     from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.pipelines.settings import InvalidSetting
 
     try:
         return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
                                seed=args.seed, precision=args.precision, backend=args.backend,
                                preseg_steps=getattr(args, "preseg_steps", None))
+    except InvalidSetting as err:
+        problem = err.problem.removeprefix("(T_pre) ")
+        for field, option in SAMPLER_OPTIONS.items():
+            problem = problem.replace(field, option)
+        raise SpineSegDiffError(f"{SAMPLER_OPTIONS.get(err.field, err.field)}: {problem}") from err
     except ValueError as err:
         raise SpineSegDiffError(f"invalid sampler settings: {err}") from err
 

@@ -25,18 +25,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              settings=sampler_settings(args), preseg=args.preseg, preseg_model=args.preseg_model,
                              volume=args.volume, output_format=args.format, quiet=args.quiet,
                              progress=not args.quiet)
-    failures = total = 0
+    failures = attempted = 0
     for outcome in outcomes:
-        total = outcome.total
+        if outcome.note is not None:  # an input left out: a label map, an earlier run's output
+            if not args.quiet:
+                tqdm.write(f"spinesegdiff: note: {outcome.note}", file=sys.stderr)
+            continue
+        attempted += 1
         if not outcome.ok:
             failures += 1
             tqdm.write(f"spinesegdiff: error: {outcome.error}", file=sys.stderr)
         elif not args.quiet:
             names = ", ".join(path.name for path in outcome.paths.values())
             tqdm.write(f"{outcome.scan.name}: {names} ({outcome.seconds:.1f} s)")
+        if outcome.warning is not None:
+            tqdm.write(f"spinesegdiff: warning: {outcome.warning}", file=sys.stderr)
     if failures:
-        if total > 1:
-            print(f"spinesegdiff: {failures} of {total} scans failed", file=sys.stderr)
+        if attempted > 1:
+            print(f"spinesegdiff: {failures} of {attempted} scans failed", file=sys.stderr)
         return EXIT_INPUT_ERROR
     return 0
 
@@ -60,7 +66,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     pr = commands.add_parser("predict", help="segment scans (.mha, .nii.gz, .nrrd, DICOM, or a folder of them)")
     pr.add_argument("-i", "--input", required=True, type=Path, help="scan, DICOM series folder, or folder of scans")
-    pr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    pr.add_argument("-o", "--output", required=True, type=Path,
+                    help="output folder (may be the input folder: inputs are never overwritten)")
     pr.add_argument("--model", type=Path, help="checkpoint or run folder (default: the shipped compact model)")
     add_device_option(pr)
     pr.add_argument("--volume", action="store_true", help="segment every sagittal slice, not only the central one")

@@ -93,6 +93,11 @@ class Geometry:
         )
 
 
+IMAGE_IOS = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nii": "NiftiImageIO", ".nii.gz": "NiftiImageIO",
+             ".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO"}
+"""The ITK reader of each image ending: named explicitly, ITK would not recognise ``SCAN.MHA``."""
+
+
 def image_suffix(path: str | Path) -> str:
     """The image file ending of ``path`` (``.nii.gz``, ``.mha``, ...), or ``""`` for anything else."""
     name = Path(path).name.lower()
@@ -107,6 +112,119 @@ def image_stem(path: str | Path) -> str:
     path = Path(path)
     suffix = image_suffix(path)
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+_MHA_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                   "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                   "MET_DOUBLE": 8}
+
+
+def _truncated(path: Path, held: int, needed: int) -> InputError:
+    return InputError(path, f"file is truncated (holds {held} of the {needed} bytes of image data its header "
+                            "announces)")
+
+
+def _check_metaimage_size(path: Path) -> None:
+    """A ``.mha`` with its data inside must hold the bytes its header announces (SimpleITK pads with zeros)."""
+    with path.open("rb") as stream:
+        head = stream.read(65536)
+    fields: dict[str, str] = {}
+    offset = 0
+    for line in head.split(b"\n"):
+        offset += len(line) + 1
+        key, _, value = line.decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            break
+    else:
+        return  # no complete header here: SimpleITK reports what is wrong
+    if fields.get("ElementDataFile") != "LOCAL" or fields.get("ElementType") not in _MHA_TYPE_BYTES:
+        return
+    held = path.stat().st_size - offset
+    try:
+        shape = [int(v) for v in fields["DimSize"].split()]
+        needed = int(np.prod(shape)) * int(fields.get("ElementNumberOfChannels", "1")) * _MHA_TYPE_BYTES[
+            fields["ElementType"]]
+        compressed = int(fields.get("CompressedDataSize", "0"))
+    except (KeyError, ValueError):
+        return
+    if fields.get("CompressedData", "False").lower() == "true":
+        if held < compressed:
+            raise _truncated(path, held, compressed)
+        held = _inflated_size(path, offset)
+    if held < needed:
+        raise _truncated(path, held, needed)
+
+
+def _inflated_size(path: Path, offset: int) -> int:
+    """Bytes of the zlib stream that starts at ``offset`` of ``path`` (as many as inflate before it breaks)."""
+    import zlib
+
+    inflate, total = zlib.decompressobj(), 0
+    with path.open("rb") as stream:
+        stream.seek(offset)
+        try:
+            while chunk := stream.read(1 << 20):
+                total += len(inflate.decompress(chunk))
+        except zlib.error:
+            pass
+    return total
+
+
+def _nifti_data_bytes(header: bytes) -> tuple[int, int] | None:
+    """``(vox_offset, data bytes)`` from a NIfTI-1 header, ``None`` when it is not one."""
+    for order in "<>":
+        if len(header) >= 348 and int(np.frombuffer(header[:4], f"{order}i4")[0]) == 348:
+            dims = np.frombuffer(header[40:56], f"{order}i2")
+            bitpix = int(np.frombuffer(header[72:74], f"{order}i2")[0])
+            offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+            count = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(min(int(dims[0]), 7), 0)]]))
+            return offset, count * bitpix // 8
+    return None
+
+
+def _check_nifti_size(path: Path) -> None:
+    """A ``.nii`` must hold its voxels; a ``.nii.gz`` must also hold a complete gzip stream."""
+    import zlib
+
+    if not path.name.lower().endswith(".gz"):
+        with path.open("rb") as stream:
+            layout = _nifti_data_bytes(stream.read(348))
+        if layout is not None and path.stat().st_size < sum(layout):
+            raise _truncated(path, path.stat().st_size - layout[0], layout[1])
+        return
+    inflate, head, total = zlib.decompressobj(wbits=31), b"", 0
+    with path.open("rb") as stream:
+        try:
+            while chunk := stream.read(1 << 20):
+                data = inflate.decompress(chunk)
+                head, total = (head + data[:348])[:348], total + len(data)
+        except zlib.error:
+            return  # not gzip at all: SimpleITK reports it as unreadable
+    layout = _nifti_data_bytes(head)
+    if not inflate.eof:
+        needed = f" of the {layout[1]} bytes of image data" if layout else ""
+        raise InputError(path, f"file is truncated (its compressed data ends early, after "
+                               f"{max(total - (layout[0] if layout else 0), 0)}{needed})")
+    if layout is not None and total < sum(layout):
+        raise _truncated(path, total - layout[0], layout[1])
+
+
+def check_file_complete(path: str | Path) -> None:
+    """Refuse an image file cut short (SimpleITK reads one silently, filling the missing voxels with zeros).
+
+    Checked: ``.mha`` with its data inside (raw, or compressed with ``CompressedDataSize``), ``.nii`` and
+    ``.nii.gz`` (the gzip stream must end and hold every voxel). Other formats are left to SimpleITK.
+
+    Raises:
+        InputError: ``file is truncated (holds N of the M bytes ...)``.
+    """
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix == ".mha":
+        _check_metaimage_size(path)
+    elif suffix in (".nii", ".nii.gz"):
+        _check_nifti_size(path)
 
 
 @contextmanager
@@ -144,9 +262,57 @@ def _read_dicom_series(folder: Path):
     # Several series in one folder: take the one with the most slices (the scan, not a localiser).
     file_lists = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
     files = max(file_lists, key=len)
+    _check_dicom_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _dicom_slice_position(file: str) -> float | None:
+    """Position (mm) of a DICOM slice along its normal; ``None`` when the file cannot be read whole."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        with _itk_warnings_off():
+            plane = reader.Execute()
+        expected = reader.GetSize()[0] * reader.GetSize()[1]
+        orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+    except (RuntimeError, ValueError):
+        return None
+    if sitk.GetArrayViewFromImage(plane).size < expected:
+        return None
+    return float(np.dot(np.cross(orientation[:3], orientation[3:6]), position))
+
+
+def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
+    """Every file of the series must read whole, and the slices must be evenly spaced (none missing).
+
+    Raises:
+        InputError: naming the folder and the broken file(s), or where the spacing jumps.
+    """
+    positions = {file: _dicom_slice_position(file) for file in files}
+    broken = [Path(file).name for file, position in positions.items() if position is None]
+    if broken:
+        raise InputError(folder, f"DICOM series has {len(broken)} unreadable or cut-short file(s): "
+                                 f"{', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}")
+    if len(files) < 3:
+        return
+    ordered = sorted(positions.items(), key=lambda item: item[1])
+    gaps = np.diff([position for _, position in ordered])
+    step = float(np.median(gaps))
+    uneven = [k for k, gap in enumerate(gaps) if abs(gap - step) > 0.1 * max(step, 1e-3)]
+    if step <= 0 or uneven:
+        k = uneven[0] if uneven else 0
+        series = {Path(file).name for file in files}
+        strays = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in series
+                        and not p.name.startswith("."))
+        unread = f"; files not read as part of it: {', '.join(strays[:5])}" if strays else ""
+        raise InputError(folder, f"DICOM slices are not evenly spaced (a slice missing or duplicated?): "
+                                 f"{gaps[k]:.2f} mm between {Path(ordered[k][0]).name} and "
+                                 f"{Path(ordered[k + 1][0]).name}, {step:.2f} mm elsewhere{unread}")
 
 
 def read_sitk_image(path: str | Path):
@@ -168,7 +334,8 @@ def read_sitk_image(path: str | Path):
             raise InputError(
                 path, f"unsupported file type {path.suffix!r} (expected one of {IMAGE_SUFFIXES})"
             )
-        return sitk.ReadImage(str(path))
+        check_file_complete(path)
+        return sitk.ReadImage(str(path), imageIO=IMAGE_IOS.get(image_suffix(path), ""))
     except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
         raise InputError(path, "not a readable image file") from err
 
@@ -229,7 +396,8 @@ def write_image(path: str | Path, array: np.ndarray, geometry: Geometry, *, comp
         )
     image = _to_sitk(array, geometry)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=compress))
+    atomic_write(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=compress,
+                                                          imageIO=IMAGE_IOS[suffix]))
     return path
 
 

@@ -214,8 +214,13 @@ def normalise_intensity(volume: np.ndarray, *, source: str | Path | None = None)
     Raises:
         InputError: NaN or infinite voxels, or a constant image (nothing to normalise).
     """
-    volume = np.asarray(volume, dtype=np.float32)
+    original = np.asarray(volume)
+    with np.errstate(over="ignore"):
+        volume = np.asarray(original, dtype=np.float32)
     if not np.all(np.isfinite(volume)):
+        if np.all(np.isfinite(original)):
+            raise InputError(source, f"intensities up to {float(np.abs(original).max()):.3g} overflow 32-bit "
+                                     "floats (rescale the image)")
         raise InputError(source, "image holds NaN or infinite values")
     low = float(volume.min())
     high = float(np.percentile(volume, INTENSITY_PERCENTILE))

@@ -69,7 +69,11 @@ def checkpoint_scheduler(payload: dict[str, Any], path: str | Path) -> Scheduler
 
 
 def load_model(path: str | Path, *, use_ema: bool = True, map_location: Any = "cpu"):
-    """Rebuild a network from a checkpoint -> ``(model in eval mode, ModelConfig, payload)``."""
+    """Rebuild a network from a checkpoint -> ``(model in eval mode, ModelConfig, payload)``.
+
+    Raises:
+        MissingInputError, InputError: no such file, not ours, another version's network, or NaN/inf weights.
+    """
     from spinesegdiff.models import ModelConfig, build_model
 
     payload = load_checkpoint(path, map_location=map_location)
@@ -80,6 +84,11 @@ def load_model(path: str | Path, *, use_ema: bool = True, map_location: Any = "c
         model.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise InputError(path, f"model file does not match this version of spinesegdiff ({err})") from err
+    broken = [name for name, tensor in state.items()
+              if hasattr(tensor, "is_floating_point") and tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise InputError(path, f"model file holds NaN or infinite weights ({len(broken)} tensors, first "
+                               f"{broken[0]}); it cannot segment anything")
     return model.eval(), config, payload
 
 

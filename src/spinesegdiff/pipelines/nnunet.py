@@ -58,6 +58,30 @@ def _import_predictor(model_folder: Path):
     return nnUNetPredictor
 
 
+def check_model_folder(folder: Path, *, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth") -> None:
+    """Refuse a folder that is not an nnU-Net 2d model folder with our four labels, before nnU-Net opens it
+    (nnU-Net unpickles its checkpoints: nothing of a folder that fails here is ever loaded).
+
+    Raises:
+        MissingInputError: no ``plans.json``, ``dataset.json`` or checkpoint of the fold.
+        InputError: ``dataset.json`` is not JSON or its labels are not background, canal, vertebra, disc 0-3.
+    """
+    from spinesegdiff.errors import InputError, MissingInputError
+
+    for required, what in ((folder / "plans.json", "nnU-Net model folder"),
+                           (folder / "dataset.json", "nnU-Net model folder"),
+                           (folder / f"fold_{fold}" / checkpoint, "nnU-Net checkpoint")):
+        if not required.is_file():
+            raise MissingInputError(required, what)
+    try:
+        labels = json.loads((folder / "dataset.json").read_text()).get("labels", {})
+        values = sorted(int(v) for v in labels.values())
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as err:
+        raise InputError(folder / "dataset.json", f"not an nnU-Net dataset.json ({err})") from err
+    if values != [0, 1, 2, 3]:
+        raise InputError(folder / "dataset.json", f"labels {labels} are not background/canal/vertebra/disc 0-3")
+
+
 class NnUNetPresegmenter:
     """A trained nnU-Net 2d model as a presegmenter: ``uint8`` slices -> class probabilities.
 
@@ -75,16 +99,8 @@ class NnUNetPresegmenter:
     def __init__(self, model_folder: str | Path, *, fold: int | str = 0, checkpoint: str = "checkpoint_final.pth",
                  device: str = "cpu", mirroring: bool = False) -> None:
         require_nnunet()
-        from spinesegdiff.errors import InputError, MissingInputError
-
         folder = Path(model_folder)
-        if not (folder / "plans.json").is_file():
-            raise MissingInputError(folder / "plans.json", "nnU-Net model folder")
-        if not (folder / f"fold_{fold}" / checkpoint).is_file():
-            raise MissingInputError(folder / f"fold_{fold}" / checkpoint, "nnU-Net checkpoint")
-        labels = json.loads((folder / "dataset.json").read_text()).get("labels", {})
-        if sorted(int(v) for v in labels.values()) != [0, 1, 2, 3]:
-            raise InputError(folder / "dataset.json", f"labels {labels} are not background/canal/vertebra/disc 0-3")
+        check_model_folder(folder, fold=fold, checkpoint=checkpoint)
         import torch
 
         nnUNetPredictor = _import_predictor(folder)

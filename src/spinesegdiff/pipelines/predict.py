@@ -12,8 +12,9 @@ scans, written to an output folder) is what ``spinesegdiff predict`` runs, :func
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from spinesegdiff.data.io import Geometry, image_stem, image_suffix, is_dicom_folder, read_image, write_image
+from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 from spinesegdiff.data.preprocess import (
     PreparedScan,
@@ -30,9 +31,23 @@ from spinesegdiff.data.preprocess import (
     restore_probabilities,
     slices_to_volume,
 )
-from spinesegdiff.errors import InputError, MissingInputError, SpineSegDiffError
-from spinesegdiff.files import atomic_write, atomic_write_text
+from spinesegdiff.errors import InputError, SpineSegDiffError
+from spinesegdiff.pipelines.checks import (
+    QualityWarning,
+    check_slice_signal,
+    check_spine_quality,
+    spine_quality,
+)
+from spinesegdiff.pipelines.inputs import (
+    PlannedScan,
+    Skipped,
+    check_output_folder,
+    checked_image,
+    plan_outputs,
+    scan_inputs,
+)
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
+from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
 from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings
 
@@ -55,6 +70,9 @@ class ScanSegmentation:
         model_grid: the sampler's model-grid output for the segmented slices.
         timings: seconds per stage.
         settings: model and sampler description for the report.
+        quality: does the central segmented slice look like a lumbar spine:
+            ``{"verdict": "ok" | "doubtful", "reasons": [...], "measures": {...}}``
+            (:func:`~spinesegdiff.pipelines.checks.spine_quality`; implausible results are refused).
     """
 
     source: Path | None
@@ -67,6 +85,7 @@ class ScanSegmentation:
     model_grid: SliceSegmentation
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
 
     def statistics(self) -> dict[str, Any]:
         """Per structure: area (mm^2, central-slice mode) or volume (mm^3), mean and max uncertainty."""
@@ -124,8 +143,10 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
         volume: every sagittal slice instead of the central one.
 
     Raises:
-        MissingInputError, InputError: unreadable, non-3D, axial/coronal, too small, NaN or constant input.
+        MissingInputError, InputError: unreadable, truncated, non-3D, axial/coronal, too small, NaN or constant
+            input, or a central sagittal slice that is blank, mostly empty or noise.
     """
+    image = checked_image(image)  # a path or (array_zyx, Geometry), else TypeError / InputError
     started = time.perf_counter()
     if isinstance(image, tuple):
         array, geometry = image
@@ -138,12 +159,19 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
     mark = time.perf_counter()
     prepared = prepare_scan(array, geometry, slices="all" if volume else "central", source=source)
     check_field_of_view(prepared, source)
+    central = prepared.grid.central_index
+    check_slice_signal(native_slice(array, prepared.grid, central), central, source)
     timings = {"read_s": read_seconds, "preprocess_s": time.perf_counter() - mark}
     return LoadedScan(source=source, stem=stem, image=array, geometry=geometry, prepared=prepared, timings=timings)
 
 
 def segment_loaded(scan: LoadedScan, segmenter: Segmenter) -> ScanSegmentation:
-    """Sample the model-grid slices of a loaded scan and put the result back on its own grid."""
+    """Sample the model-grid slices of a loaded scan and put the result back on its own grid.
+
+    The central segmented slice is judged by :func:`~spinesegdiff.pipelines.checks.spine_quality`: a doubtful
+    result is returned with a :class:`~spinesegdiff.pipelines.checks.QualityWarning`, an implausible one (no
+    spine) raises :class:`InputError`.
+    """
     timings = dict(scan.timings)
     mark = time.perf_counter()
     result = segmenter.segment(scan.prepared.images)
@@ -159,6 +187,9 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter) -> ScanSegmentation:
     uncertainty = slices_to_volume(uncertainty_2d, prepared.indices, grid)
     timings["restore_s"] = time.perf_counter() - mark
     timings["slices"] = len(prepared.indices)
+    central = min(range(len(prepared.indices)), key=lambda k: abs(prepared.indices[k] - grid.central_index))
+    quality = spine_quality(result.labels[central])
+    check_spine_quality(quality, scan.source)
     described = {
         "model": segmenter.model_name,
         "variant": segmenter.model_config.variant,
@@ -169,7 +200,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter) -> ScanSegmentation:
     }
     return ScanSegmentation(source=scan.source, stem=scan.stem, image=scan.image, labels=labels,
                             uncertainty=uncertainty, geometry=scan.geometry, prepared=prepared, model_grid=result,
-                            timings=timings, settings=described)
+                            timings=timings, settings=described, quality=quality)
 
 
 def segment(
@@ -217,21 +248,6 @@ def segment(
     return segment_loaded(scan, segmenter)
 
 
-def scan_inputs(path: str | Path) -> list[Path]:
-    """One scan (file or DICOM folder), or the scans in a folder (image files and DICOM subfolders)."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingInputError(path)
-    if path.is_file() or is_dicom_folder(path):
-        return [path]
-    scans = sorted(p for p in path.iterdir()
-                   if (p.is_file() and image_suffix(p) and not p.name.startswith(".")) or
-                   (p.is_dir() and is_dicom_folder(p)))
-    if not scans:
-        raise InputError(path, "folder holds no scans (.mha, .nii, .nii.gz, .nrrd files or DICOM series)")
-    return scans
-
-
 @dataclass(frozen=True)
 class ScanOutcome:
     """What became of one scan of :func:`predict_scans`: its written files, or the one-line error.
@@ -243,6 +259,9 @@ class ScanOutcome:
         paths: the written files (``segmentation``, ``uncertainty``, ``overlay``, ``report``), ``None`` on error.
         seconds: read, preprocess, sample, restore and write time of the scan (model loading excluded).
         error: the problem (``"<file>: <problem>"``), ``None`` on success.
+        note: why an input was left out (``"<file>: skipped: a label map ..."``); ``None`` for a scan.
+        warning: why a written result is doubtful (``"<file>: ..."``, see
+            :func:`~spinesegdiff.pipelines.checks.spine_quality`); ``None`` when it looks like a lumbar spine.
     """
 
     scan: Path
@@ -251,6 +270,8 @@ class ScanOutcome:
     paths: dict[str, Path] | None = None
     seconds: float = 0.0
     error: str | None = None
+    note: str | None = None
+    warning: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -273,8 +294,11 @@ def predict_scans(
 ) -> Iterator[ScanOutcome]:
     """Segment a scan, a DICOM series folder or a folder of scans, and write each scan's outputs to ``output``.
 
-    The inputs, the output format and the presegmenter are checked before any work (errors raise here); the
-    scans are then segmented one by one as the returned iterator is consumed, one :class:`ScanOutcome` each.
+    The inputs, the output folder, the output format and the presegmenter are checked, and every output named,
+    before any work (errors raise here; see :mod:`spinesegdiff.pipelines.inputs`: an output never replaces an
+    input, earlier outputs and label maps are left out, scans sharing a stem get distinct outputs). The inputs
+    left out come first, one :class:`ScanOutcome` each with its ``note`` (or ``error``, for a broken link);
+    the scans are then segmented one by one as the returned iterator is consumed, one :class:`ScanOutcome` each.
     A scan that cannot be read or segmented becomes an outcome with its error, and the next one is tried; the
     model is loaded after the first readable scan, so a bad input is reported before a long load.
 
@@ -290,8 +314,10 @@ def predict_scans(
     Raises:
         MissingInputError, InputError, SpineSegDiffError: no scans, a bad output format or presegmenter choice.
     """
-    scans = scan_inputs(input)
+    inputs = scan_inputs(input)
     output_suffix(None, output_format)  # refuse a bad format before any work
+    check_output_folder(output)
+    plan = plan_outputs(inputs, output, suffix_of=lambda scan: output_suffix(scan, output_format))
     presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
                                         preseg_steps=settings.preseg_steps if settings else None, device=device)
 
@@ -299,32 +325,45 @@ def predict_scans(
         return Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet,
                                          presegmenter=presegmenter)
 
-    return _predict_each(scans, Path(output), load_segmenter, volume=volume, output_format=output_format,
-                         progress=progress)
+    return _predict_each(plan, inputs.skipped, Path(output), load_segmenter, volume=volume,
+                         output_format=output_format, progress=progress)
 
 
-def _predict_each(scans: list[Path], output: Path, load_segmenter, *, volume: bool, output_format: str | None,
-                  progress: bool) -> Iterator[ScanOutcome]:
+def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], output: Path, load_segmenter, *,
+                  volume: bool, output_format: str | None, progress: bool) -> Iterator[ScanOutcome]:
+    """The left-out inputs first (notes and errors), then each planned scan segmented and written."""
     from tqdm.auto import tqdm
 
+    total = len(skipped) + len(plan)
+    for index, left_out in enumerate(skipped):
+        text = str(left_out)
+        yield ScanOutcome(left_out.path, index, total, error=text if left_out.error else None,
+                          note=None if left_out.error else text)
     segmenter: Segmenter | None = None
-    shown = tqdm(scans, desc="predict", unit="scan", disable=not progress or len(scans) < 2)
-    for index, scan in enumerate(shown):
+    shown = tqdm(plan, desc="predict", unit="scan", disable=not progress or len(plan) < 2)
+    for index, planned in enumerate(shown, start=len(skipped)):
+        scan = planned.scan
         try:
-            loaded = load_scan(scan, volume=volume)
+            loaded = dataclasses.replace(load_scan(scan, volume=volume), stem=planned.stem)
         except SpineSegDiffError as err:
-            yield ScanOutcome(scan, index, len(scans), error=str(err))
+            yield ScanOutcome(scan, index, total, error=str(err))
             continue
         if segmenter is None:  # loaded after the first good scan, so a bad input is reported first; a model
             segmenter = load_segmenter()  # that cannot be loaded raises: no scan could be segmented
         try:
-            result = segment_loaded(loaded, segmenter)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", QualityWarning)
+                result = segment_loaded(loaded, segmenter)
             paths = write_outputs(result, output, output_format=output_format)
         except SpineSegDiffError as err:
-            yield ScanOutcome(scan, index, len(scans), error=str(err))
+            yield ScanOutcome(scan, index, total, error=str(err))
             continue
+        doubts = [str(w.message) for w in caught if issubclass(w.category, QualityWarning)]
+        for other in (w for w in caught if not issubclass(w.category, QualityWarning)):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
         seconds = sum(v for k, v in result.timings.items() if k.endswith("_s"))
-        yield ScanOutcome(scan, index, len(scans), paths=paths, seconds=seconds)
+        yield ScanOutcome(scan, index, total, paths=paths, seconds=seconds,
+                          warning="; ".join(doubts) if doubts else None)
 
 
 @dataclass(frozen=True)
@@ -406,32 +445,29 @@ def render_overlay(result: ScanSegmentation, path: Path) -> None:
 
 def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_format: str | None = None,
                   ) -> dict[str, Path]:
-    """Write ``<stem>_seg``, ``<stem>_uncertainty``, ``<stem>_overlay.png`` and ``<stem>.json``.
+    """Write ``<stem>_seg``, ``<stem>_uncertainty``, ``<stem>_overlay.png`` and ``<stem>.json``, all or none.
 
-    Every file is written under a temporary name and renamed; if any write fails, the files of this scan that
-    were already renamed are removed again, so a scan gets all four outputs or none.
+    The four files are written into a hidden staging folder inside ``out_dir`` and then renamed into place
+    together, the JSON last (see :func:`~spinesegdiff.pipelines.publish.staged_outputs`): a failure, a full
+    disk or a signal leaves none of them, and a set without its JSON is one a killed process did not finish.
+    The JSON is strict: an undefined number (no pixels, non-finite uncertainty) is ``null``.
+
+    Raises:
+        InputError: the output folder or a file cannot be written (the message names it).
     """
     out_dir = Path(out_dir)
     suffix = output_suffix(result.source, output_format)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(out_dir, f"cannot create the output folder ({err.strerror or err})") from err
     paths = {
         "segmentation": out_dir / f"{result.stem}_seg{suffix}",
         "uncertainty": out_dir / f"{result.stem}_uncertainty{suffix}",
         "overlay": out_dir / f"{result.stem}_overlay.png",
         "report": out_dir / f"{result.stem}.json",
     }
-    done: list[Path] = []
-    try:
+    with staged_outputs(out_dir) as outputs:
         mark = time.perf_counter()
-        write_image(paths["segmentation"], result.labels, result.geometry)
-        done.append(paths["segmentation"])
-        write_image(paths["uncertainty"], result.uncertainty, result.geometry)
-        done.append(paths["uncertainty"])
-        atomic_write(paths["overlay"], lambda p: render_overlay(result, p))
-        done.append(paths["overlay"])
+        outputs.write(paths["segmentation"], lambda p: write_image(p, result.labels, result.geometry))
+        outputs.write(paths["uncertainty"], lambda p: write_image(p, result.uncertainty, result.geometry))
+        outputs.write(paths["overlay"], lambda p: render_overlay(result, p))
         result.timings["write_s"] = time.perf_counter() - mark
         report = {
             "input": None if result.source is None else str(result.source),
@@ -440,14 +476,9 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
             "sagittal_slices": result.prepared.indices,
             "acquisition_plane": result.prepared.grid.plane,
             "structures": result.statistics(),
+            "quality": result.quality,
             "timings_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.timings.items()},
             "citation": "SPIDER: van der Graaf et al., Scientific Data 11:264 (2024), CC BY 4.0",
         }
-        atomic_write_text(paths["report"], json.dumps(report, indent=2))
-    except BaseException as err:
-        for path in done:
-            path.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise InputError(err.filename or out_dir, f"cannot write output ({err.strerror or err})") from err
-        raise
+        outputs.write_text(paths["report"], strict_json(report))
     return paths

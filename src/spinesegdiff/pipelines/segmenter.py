@@ -175,6 +175,10 @@ class Segmenter:
         self.prediction_type = model_prediction_type(model_config)
         self.scheduler = DDIMScheduler(self.scheduler_config.noise_schedule(), prediction_type=self.prediction_type,
                                        eta=self.settings.eta)
+        try:  # steps the model's own schedule does not have: refused before any sampling
+            self.settings.check_schedule(self.scheduler_config.num_train_timesteps)
+        except ValueError as err:
+            raise SpineSegDiffError(f"{model_name or 'model'}: sampler settings do not fit the model: {err}") from err
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | None = None, *, device: str = "auto",

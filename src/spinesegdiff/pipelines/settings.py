@@ -22,6 +22,34 @@ DEFAULT_PRESEG_STEPS = 30
 """``T_pre``, the noise step a presegmentation is refined from when none is asked for."""
 REFINE_STRIDE = 15
 """Noise steps per DDIM step of a refinement (T_pre = 30 -> 2 network calls per image)."""
+FUSIONS: tuple[str, ...] = ("exp", "uncertainty")
+MAX_SAMPLES = 64
+"""The most samples ``S`` (and images per batch): the network runs on ``S`` 320 x 320 images at once, so memory
+grows with ``S`` (``--samples 100000`` asked for a 122 GB allocation); 64 is four times the default 15."""
+MAX_STEPS = 1000
+"""The most DDIM steps ``K`` (and the bound on ``T_pre``): the noise steps ``T`` of the shipped models'
+schedules. A model with a shorter schedule is checked against its own ``T`` when it is loaded
+(:meth:`SamplerSettings.check_schedule`)."""
+MAX_SEED = 2**63 - 1
+"""The largest seed: ``torch.Generator.manual_seed`` takes a 64-bit integer."""
+
+
+class InvalidSetting(ValueError):
+    """A sampler setting out of range; ``field`` names it (the command line names its option instead).
+
+    ``str(error)`` reads ``"num_samples must lie in 1..64 ..., got 100000"``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field} {problem}")
+
+
+def _check_range(field: str, value: int, low: int, high: int, why: str) -> None:
+    if not low <= value <= high:
+        reason = f" ({why})" if why else ""
+        raise InvalidSetting(field, f"must lie in {low}..{high}{reason}, got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,16 +79,46 @@ class SamplerSettings:
     preseg_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.preseg_steps is not None and not 0 <= self.preseg_steps < 1000:
-            raise ValueError(f"preseg_steps (T_pre) must lie in 0..999, got {self.preseg_steps}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.num_samples < 1 or self.num_steps < 1 or self.images_per_batch < 1:
-            raise ValueError("num_samples, num_steps and images_per_batch must be positive")
+        for name in ("num_samples", "num_steps", "fuse_steps", "seed", "images_per_batch", "preseg_steps"):
+            value = getattr(self, name)
+            if value is None and name == "preseg_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidSetting(name, f"must be an integer, got {value!r}")
+        for name in ("num_samples", "num_steps", "images_per_batch"):
+            if getattr(self, name) < 1:
+                raise InvalidSetting(name, f"must be positive, got {getattr(self, name)}")
+        _check_range("num_samples", self.num_samples, 1, MAX_SAMPLES,
+                     "each sample is a 320 x 320 chain held in memory and run through the network at once")
+        _check_range("images_per_batch", self.images_per_batch, 1, MAX_SAMPLES, "")
+        _check_range("num_steps", self.num_steps, 1, MAX_STEPS, "a DDIM step per noise step at most")
         if not 1 <= self.fuse_steps <= self.num_steps:
-            raise ValueError(f"fuse_steps must lie in 1..num_steps ({self.num_steps}), got {self.fuse_steps}")
+            raise InvalidSetting("fuse_steps", f"must lie in 1..num_steps ({self.num_steps}), got {self.fuse_steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InvalidSetting("seed", f"must lie in 0..2**63 - 1, got {self.seed}")
+        if self.preseg_steps is not None and not 0 <= self.preseg_steps < MAX_STEPS:
+            raise InvalidSetting("preseg_steps", f"(T_pre) must lie in 0..{MAX_STEPS - 1}, got {self.preseg_steps}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float) or not 0.0 <= self.eta <= 1.0:
+            raise InvalidSetting("eta", f"must lie in [0, 1], got {self.eta!r}")
+        if self.fusion not in (None, *FUSIONS):
+            raise InvalidSetting("fusion", f"must be one of {FUSIONS} or None, got {self.fusion!r}")
+        if self.precision not in PRECISIONS:
+            raise InvalidSetting("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise InvalidSetting("backend", f"must be one of {BACKENDS}, got {self.backend!r}")
+
+    def check_schedule(self, num_train_timesteps: int) -> None:
+        """Refuse steps the model's noise schedule (``T = num_train_timesteps``) does not have.
+
+        Raises:
+            InvalidSetting: ``num_steps > T`` or ``preseg_steps >= T``.
+        """
+        if self.num_steps > num_train_timesteps:
+            raise InvalidSetting("num_steps", f"must be at most the model's {num_train_timesteps} noise steps, "
+                                              f"got {self.num_steps}")
+        if self.preseg_steps is not None and self.preseg_steps >= num_train_timesteps:
+            raise InvalidSetting("preseg_steps", f"(T_pre) must be below the model's {num_train_timesteps} noise "
+                                                 f"steps, got {self.preseg_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
