@@ -214,3 +214,77 @@ def test_dice_corner_cases_by_hand() -> None:
     truth = np.asarray([[1, 0, 2, 2], [3, 3, 0, 0]])
     np.testing.assert_allclose(dice_per_class(prediction, truth), [2 / 3, 2 / 3, 4 / 5])
     np.testing.assert_allclose(dice_per_class(prediction, truth, classes=(3, 1)), [4 / 5, 2 / 3])
+
+
+# --- second round: the mutants that lived through the first ---------------------------------------------------
+
+
+def test_normalisation_divides_by_the_98th_percentile_not_the_maximum() -> None:
+    values = np.linspace(0.0, 0.8, 1000)
+    p98 = float(np.percentile(values.astype(np.float32), 98))
+    out = normalise_intensity(values)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[500], values[500] / p98 * 255.0, rtol=1e-5)
+    sparse = np.zeros(1000)
+    sparse[:5] = 0.5  # the 98th percentile is 0: the maximum scales instead, even below 1
+    np.testing.assert_allclose(normalise_intensity(sparse)[:6], [255.0] * 5 + [0.0])
+
+
+def test_overflowing_intensities_are_named_as_such() -> None:
+    with pytest.raises(InputError, match=r"big\.mha: intensities up to 1e\+300 overflow 32-bit floats"):
+        normalise_intensity(np.asarray([1e300, 1.0, 2.0]), source="big.mha")
+    with pytest.raises(InputError, match=r"nan\.mha: image holds NaN or infinite values"):
+        normalise_intensity(np.asarray([np.nan, 1.0]), source="nan.mha")
+
+
+def test_restoring_maps_columns_too_and_returns_float32() -> None:
+    grid = _grid(shape_zyx=(3, 700, 650))
+    ramp = np.tile(np.linspace(0.0, 1.0, 320)[None, :], (320, 1))  # float64 in: float32 out
+    restored = restore_probabilities(ramp[None], grid, background_channel=None)
+    assert restored.dtype == np.float32
+    model_position = (np.arange(grid.cols.native_size) - grid.cols.offset) / grid.cols.scale
+    inside = (model_position >= 0) & (model_position <= 319)
+    row = grid.rows.native_size // 2
+    np.testing.assert_allclose(restored[0, row, inside], np.interp(model_position[inside], np.arange(320),
+                                                                    ramp[0]), atol=1e-5)
+
+
+def test_oblique_directions_are_not_flipped_and_grids_serialise_their_geometry() -> None:
+    from spinesegdiff.data.preprocess import Reorientation
+
+    angle = np.radians(10.0)
+    rotation = np.asarray([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    lps = np.diag([-1.0, -1.0, 1.0]) @ rotation  # RAS axes tilted by 10 degrees
+    assert Reorientation.from_direction(lps).flipped == (False, False, False)
+    grid = _grid(shape_zyx=(3, 6, 4))
+    saved = grid.to_dict()
+    assert set(saved) == {"native_shape", "geometry", "reorientation", "rows", "cols", "plane", "oblique_deg"}
+    assert saved["geometry"] == grid.geometry.to_dict()
+    assert SagittalGrid.from_dict(saved) == grid
+
+
+def test_dice_counts_pixels_not_label_values() -> None:
+    prediction, truth = np.asarray([0, 2, 2]), np.asarray([0, 1, 0])  # nonzero means "inside"
+    assert dice_score(prediction, truth) == pytest.approx(2 * 1 / 3)
+    assert dice_score(truth, prediction) == pytest.approx(2 * 1 / 3)
+    assert dice_per_class(prediction, truth).dtype == np.float64
+
+
+def test_scheduler_configs_are_checked_and_read_back() -> None:
+    from spinesegdiff.diffusion.config import SchedulerConfig
+
+    assert SchedulerConfig(num_train_timesteps=1).num_train_timesteps == 1
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="num_train_timesteps must be a positive integer"):
+            SchedulerConfig(num_train_timesteps=bad)
+    with pytest.raises(ValueError, match="a scheduler configuration is a mapping, got list"):
+        SchedulerConfig.from_dict([])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown scheduler settings: a, b"):
+        SchedulerConfig.from_dict({"a": 1, "b": 2})
+    with pytest.raises(ValueError, match="^the training settings name no noise schedule$"):
+        SchedulerConfig.from_train_settings({"epochs": 3})
+    assert SchedulerConfig.from_train_settings({"schedule": "cosine"}) == SchedulerConfig(schedule="cosine")
+    import spinesegdiff.diffusion as diffusion
+
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        _ = diffusion.nothing
