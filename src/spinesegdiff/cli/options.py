@@ -71,6 +71,19 @@ def add_preseg_options(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_PRESEG_STEPS}; 0: the presegmenter's own mask)")
 
 
+def add_cohort_options(parser: argparse.ArgumentParser) -> None:
+    """``--shard K/N``, ``--skip-existing``, ``--summary``: a cohort split over machines, resumed, summed up."""
+    parser.add_argument("--shard", metavar="K/N",
+                        help="segment only shard K of N (1-based): every N-th scan of the name-ordered inputs from "
+                             "the K-th, so N machines split a folder without talking; summary-K-of-N.csv")
+    parser.add_argument("--skip-existing", action="store_true",
+                        help="leave out scans whose outputs are complete (all four files, listed by their "
+                             "<stem>.json), so an interrupted cohort resumes")
+    parser.add_argument("--summary", action="store_true",
+                        help="write summary.csv, one row per scan (the default with --shard, as "
+                             "summary-K-of-N.csv, and with --skip-existing)")
+
+
 SAMPLER_OPTIONS = {"num_samples": "--samples", "num_steps": "--steps", "fuse_steps": "--fuse-steps",
                    "seed": "--seed", "precision": "--precision", "backend": "--backend",
                    "preseg_steps": "--preseg-steps"}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from spinesegdiff.cli.options import (
     EXIT_INPUT_ERROR,
+    add_cohort_options,
     add_device_option,
     add_preseg_options,
     add_sampler_options,
@@ -19,15 +20,18 @@ from spinesegdiff.cli.options import (
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from spinesegdiff.pipelines.inputs import parse_shard
     from spinesegdiff.pipelines.predict import predict_scans
 
+    shard = parse_shard(args.shard)  # a bad K/N is one line before any work
     outcomes = predict_scans(args.input, args.output, model=args.model, device=args.device,
                              settings=sampler_settings(args), preseg=args.preseg, preseg_model=args.preseg_model,
                              volume=args.volume, output_format=args.format, quiet=args.quiet,
-                             progress=not args.quiet)
+                             progress=not args.quiet, shard=shard, skip_existing=args.skip_existing,
+                             summary=True if args.summary else None)
     failures = attempted = 0
     for outcome in outcomes:
-        if outcome.note is not None:  # an input left out: a label map, an earlier run's output
+        if outcome.note is not None:  # an input left out (a label map, an earlier output), a complete set
             if not args.quiet:
                 tqdm.write(f"spinesegdiff: note: {outcome.note}", file=sys.stderr)
             continue
@@ -74,6 +78,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     pr.add_argument("--format", help=output_format_help())
     add_sampler_options(pr)
     add_preseg_options(pr)
+    add_cohort_options(pr)
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(handler=_cmd_predict)
 

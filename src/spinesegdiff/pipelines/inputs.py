@@ -17,6 +17,12 @@ before any work when two scans would still write one file, or when an output wou
 in the input folder that spinesegdiff did not write, also through a symbolic link). :func:`check_output_folder`
 refuses an output folder that is a file or cannot be written.
 
+For a cohort split over machines, :func:`parse_shard` reads ``--shard K/N`` and :func:`select_shard` keeps shard K
+of the plan: round-robin over the plan in name order (scan ``i``, 0-based, goes to shard ``i % N + 1``), so every
+scan is in exactly one shard and shards differ by at most one scan, whatever the order of the names; machines
+that see the same input folder agree without talking. :func:`complete_outputs` tells whether a scan's output set
+from an earlier run is complete (``--skip-existing``).
+
 :func:`checked_image` checks the ``image`` argument of the Python API (a path or ``(array_zyx, Geometry)``).
 """
 
@@ -32,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from spinesegdiff.data.io import IMAGE_IOS, Geometry, image_stem, image_suffix, is_dicom_folder
-from spinesegdiff.errors import InputError, MissingInputError
+from spinesegdiff.errors import InputError, MissingInputError, SpineSegDiffError
+from spinesegdiff.pipelines.settings import uncertainty_suffix
 
 MAX_LABEL_VALUES = 16
 """An integer image with at most this many distinct values (and at least 2, none negative) is a label map."""
@@ -261,7 +268,7 @@ def plan_outputs(inputs: ScanInputs, output: str | Path, *, suffix_of: Callable[
     for scan in inputs.scans:
         stem, suffix = stems[scan], suffix_of(scan)
         outputs = {"segmentation": output / f"{stem}_seg{suffix}",
-                   "uncertainty": output / f"{stem}_uncertainty{suffix}",
+                   "uncertainty": output / f"{stem}_uncertainty{uncertainty_suffix(suffix)}",
                    "overlay": output / f"{stem}_overlay.png",
                    "report": output / f"{stem}.json"}
         for path in outputs.values():
@@ -275,6 +282,63 @@ def plan_outputs(inputs: ScanInputs, output: str | Path, *, suffix_of: Callable[
                 raise InputError(scan, f"and {other} would both write {path}: rename one of them")
         planned.append(PlannedScan(scan=scan, stem=stem, outputs=outputs))
     return tuple(planned)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``: the scans ``i`` (0-based, in plan order) with
+    ``i % count == index - 1``."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str | None) -> Shard | None:
+    """``"2/4"`` -> ``Shard(2, 4)``; ``None`` stays ``None`` (the whole plan).
+
+    Raises:
+        SpineSegDiffError: not ``K/N`` with whole numbers ``1 <= K <= N`` (one line naming ``--shard``).
+    """
+    if text is None:
+        return None
+    match = _SHARD.match(text)
+    expected = "expected K/N with 1 <= K <= N, such as 1/4 (shard K of N, counted from 1)"
+    if not match:
+        raise SpineSegDiffError(f"--shard {text!r}: {expected}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or not 1 <= index <= count:
+        raise SpineSegDiffError(f"--shard {text!r}: {expected}")
+    return Shard(index, count)
+
+
+def select_shard(plan: tuple[PlannedScan, ...], shard: Shard | None) -> tuple[PlannedScan, ...]:
+    """The scans of ``shard`` (round-robin over ``plan``, which is in name order); all of them for ``None``."""
+    if shard is None:
+        return plan
+    return plan[shard.index - 1 :: shard.count]
+
+
+def complete_outputs(planned: PlannedScan) -> bool:
+    """Whether an earlier run left ``planned``'s whole output set: all four files, listed by its ``<stem>.json``.
+
+    The report must list every planned file (a set without its JSON, or from another ``--format``, is not
+    complete) and name an input of the same file name (another scan with the same stem is not this one).
+    """
+    report = planned.outputs["report"]
+    listed = sidecar_outputs(report)
+    if not all(path.name in listed and path.is_file() for path in planned.outputs.values()):
+        return False
+    try:
+        source = json.loads(report.read_text(encoding="utf-8")).get("input")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+    return isinstance(source, str) and Path(source).name == planned.scan.name
 
 
 def check_output_folder(output: str | Path) -> None:

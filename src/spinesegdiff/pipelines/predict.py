@@ -31,7 +31,9 @@ from spinesegdiff.data.preprocess import (
     restore_probabilities,
     slices_to_volume,
 )
+from spinesegdiff.data.slicer import SEGMENTATION_SUFFIX, write_slicer_segmentation
 from spinesegdiff.errors import InputError, SpineSegDiffError
+from spinesegdiff.files import recover_staging
 from spinesegdiff.pipelines.checks import (
     QualityWarning,
     check_slice_signal,
@@ -40,16 +42,21 @@ from spinesegdiff.pipelines.checks import (
 )
 from spinesegdiff.pipelines.inputs import (
     PlannedScan,
+    Shard,
     Skipped,
     check_output_folder,
     checked_image,
+    complete_outputs,
+    parse_shard,
     plan_outputs,
     scan_inputs,
+    select_shard,
 )
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
-from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings
+from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings, uncertainty_suffix
+from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
 """A sagittal slice smaller than this cannot hold even two lumbar levels: refused."""
@@ -291,6 +298,9 @@ def predict_scans(
     output_format: str | None = None,
     quiet: bool = False,
     progress: bool = False,
+    shard: Shard | str | None = None,
+    skip_existing: bool = False,
+    summary: bool | None = None,
 ) -> Iterator[ScanOutcome]:
     """Segment a scan, a DICOM series folder or a folder of scans, and write each scan's outputs to ``output``.
 
@@ -310,14 +320,30 @@ def predict_scans(
             input's own (DICOM: ``nii.gz``).
         progress: a progress bar on stderr when there is more than one scan (print beside it with
             ``tqdm.write``).
+        shard: ``"K/N"`` or a :class:`~spinesegdiff.pipelines.inputs.Shard`: only every N-th scan of the name-
+            ordered plan, from the K-th (:func:`~spinesegdiff.pipelines.inputs.select_shard`).
+        skip_existing: a scan whose output set is complete (:func:`~spinesegdiff.pipelines.inputs.complete_outputs`)
+            is not segmented again: its outcome has ``paths`` and a ``note``.
+        summary: write ``summary.csv`` (``summary-K-of-N.csv`` for a shard) into ``output``, one row per scan
+            (:mod:`spinesegdiff.pipelines.summary`); ``None``: only for a cohort run (``shard`` or
+            ``skip_existing``), so a plain run writes nothing but each scan's four files.
 
     Raises:
-        MissingInputError, InputError, SpineSegDiffError: no scans, a bad output format or presegmenter choice.
+        MissingInputError, InputError, SpineSegDiffError: no scans, a bad output format, shard or presegmenter
+            choice, a file named like the summary that is not one.
     """
-    inputs = scan_inputs(input)
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
     output_suffix(None, output_format)  # refuse a bad format before any work
     check_output_folder(output)
-    plan = plan_outputs(inputs, output, suffix_of=lambda scan: output_suffix(scan, output_format))
+    recover_staging(output)  # a set a killed run left without its JSON is finished before the inputs are read
+    inputs = scan_inputs(input)
+    plan = select_shard(plan_outputs(inputs, output, suffix_of=lambda scan: output_suffix(scan, output_format)),
+                        shard)
+    if summary is None:
+        summary = shard is not None or skip_existing
+    table = summary_path(output, shard) if summary else None
+    if table is not None:
+        check_summary(table)
     presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
                                         preseg_steps=settings.preseg_steps if settings else None, device=device)
 
@@ -326,12 +352,18 @@ def predict_scans(
                                          presegmenter=presegmenter)
 
     return _predict_each(plan, inputs.skipped, Path(output), load_segmenter, volume=volume,
-                         output_format=output_format, progress=progress)
+                         output_format=output_format, progress=progress, skip_existing=skip_existing,
+                         summary=table)
 
 
 def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], output: Path, load_segmenter, *,
-                  volume: bool, output_format: str | None, progress: bool) -> Iterator[ScanOutcome]:
-    """The left-out inputs first (notes and errors), then each planned scan segmented and written."""
+                  volume: bool, output_format: str | None, progress: bool, skip_existing: bool = False,
+                  summary: Path | None = None) -> Iterator[ScanOutcome]:
+    """The left-out inputs first (notes and errors), then each planned scan segmented (or skipped) and written.
+
+    The summary (if any) is rewritten before each scan's outcome is handed on, so it holds every scan finished;
+    a model that cannot be loaded leaves none.
+    """
     from tqdm.auto import tqdm
 
     total = len(skipped) + len(plan)
@@ -339,31 +371,65 @@ def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], o
         text = str(left_out)
         yield ScanOutcome(left_out.path, index, total, error=text if left_out.error else None,
                           note=None if left_out.error else text)
-    segmenter: Segmenter | None = None
+    rows: list[dict[str, Any]] = []  # the summary is first written after a scan: a model that fails to load
+    segmenter: list[Segmenter] = []  # loaded after the first good scan, so a bad input is reported first
+
+    def get_segmenter() -> Segmenter:
+        if not segmenter:  # a model that cannot be loaded raises: no scan could be segmented
+            segmenter.append(load_segmenter())
+        return segmenter[0]
+
     shown = tqdm(plan, desc="predict", unit="scan", disable=not progress or len(plan) < 2)
     for index, planned in enumerate(shown, start=len(skipped)):
-        scan = planned.scan
-        try:
-            loaded = dataclasses.replace(load_scan(scan, volume=volume), stem=planned.stem)
-        except SpineSegDiffError as err:
-            yield ScanOutcome(scan, index, total, error=str(err))
-            continue
-        if segmenter is None:  # loaded after the first good scan, so a bad input is reported first; a model
-            segmenter = load_segmenter()  # that cannot be loaded raises: no scan could be segmented
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", QualityWarning)
-                result = segment_loaded(loaded, segmenter)
-            paths = write_outputs(result, output, output_format=output_format)
-        except SpineSegDiffError as err:
-            yield ScanOutcome(scan, index, total, error=str(err))
-            continue
-        doubts = [str(w.message) for w in caught if issubclass(w.category, QualityWarning)]
-        for other in (w for w in caught if not issubclass(w.category, QualityWarning)):
-            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
-        seconds = sum(v for k, v in result.timings.items() if k.endswith("_s"))
-        yield ScanOutcome(scan, index, total, paths=paths, seconds=seconds,
-                          warning="; ".join(doubts) if doubts else None)
+        if skip_existing and complete_outputs(planned):
+            outcome = ScanOutcome(planned.scan, index, total, paths=dict(planned.outputs),
+                                  note=f"{planned.scan}: skipped: its outputs are complete "
+                                       f"({planned.outputs['report'].name} lists them)")
+            status = "skipped"
+        else:
+            outcome = _predict_one(planned, index, total, get_segmenter, output, volume=volume,
+                                   output_format=output_format)
+            status = "written" if outcome.ok else "failed"
+        rows.append(summary_row(planned.scan, status, report=outcome.paths["report"] if outcome.paths else None,
+                                seconds=outcome.seconds, problem=outcome.error))
+        _write_summary(summary, rows)
+        yield outcome
+    if not plan:
+        _write_summary(summary, rows)  # the header alone: a shard without scans
+
+
+def _write_summary(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_summary(path, rows)
+    except OSError as err:
+        raise InputError(path, f"cannot write the summary ({err.strerror or err})") from err
+
+
+def _predict_one(planned: PlannedScan, index: int, total: int, get_segmenter, output: Path, *, volume: bool,
+                 output_format: str | None) -> ScanOutcome:
+    """Read, segment and write one planned scan: its outcome (with the one-line error if it failed)."""
+    scan = planned.scan
+    try:
+        loaded = dataclasses.replace(load_scan(scan, volume=volume), stem=planned.stem)
+    except SpineSegDiffError as err:
+        return ScanOutcome(scan, index, total, error=str(err))
+    segmenter = get_segmenter()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", QualityWarning)
+            result = segment_loaded(loaded, segmenter)
+        paths = write_outputs(result, output, output_format=output_format)
+    except SpineSegDiffError as err:
+        return ScanOutcome(scan, index, total, error=str(err))
+    doubts = [str(w.message) for w in caught if issubclass(w.category, QualityWarning)]
+    for other in (w for w in caught if not issubclass(w.category, QualityWarning)):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    seconds = sum(v for k, v in result.timings.items() if k.endswith("_s"))
+    return ScanOutcome(scan, index, total, paths=paths, seconds=seconds,
+                       warning="; ".join(doubts) if doubts else None)
 
 
 @dataclass(frozen=True)
@@ -459,13 +525,14 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
     suffix = output_suffix(result.source, output_format)
     paths = {
         "segmentation": out_dir / f"{result.stem}_seg{suffix}",
-        "uncertainty": out_dir / f"{result.stem}_uncertainty{suffix}",
+        "uncertainty": out_dir / f"{result.stem}_uncertainty{uncertainty_suffix(suffix)}",
         "overlay": out_dir / f"{result.stem}_overlay.png",
         "report": out_dir / f"{result.stem}.json",
     }
+    write_labels = write_slicer_segmentation if suffix == SEGMENTATION_SUFFIX else write_image
     with staged_outputs(out_dir) as outputs:
         mark = time.perf_counter()
-        outputs.write(paths["segmentation"], lambda p: write_image(p, result.labels, result.geometry))
+        outputs.write(paths["segmentation"], lambda p: write_labels(p, result.labels, result.geometry))
         outputs.write(paths["uncertainty"], lambda p: write_image(p, result.uncertainty, result.geometry))
         outputs.write(paths["overlay"], lambda p: render_overlay(result, p))
         result.timings["write_s"] = time.perf_counter() - mark

@@ -16,8 +16,20 @@ Backend = Literal["auto", "torch", "openvino"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 PRESEGMENTERS: tuple[str, ...] = ("none", "unet", "nnunet")
 """Presegmenter kinds: none (sample from noise), the built-in U-Net, an nnU-Net v2 2d model."""
-OUTPUT_FORMATS: tuple[str, ...] = (".nii.gz", ".mha", ".nrrd", ".nii")
-"""File formats ``predict`` writes its label and uncertainty images in."""
+OUTPUT_FORMATS: tuple[str, ...] = (".nii.gz", ".mha", ".nrrd", ".nii", ".seg.nrrd")
+"""File formats ``predict`` writes its label and uncertainty images in (``.seg.nrrd``: a 3D Slicer segmentation,
+one named, coloured segment per structure; the uncertainty map beside it is a plain ``.nrrd``)."""
+_SCALAR_SUFFIXES = {".seg.nrrd": ".nrrd"}
+
+
+def uncertainty_suffix(suffix: str) -> str:
+    """The ending of the uncertainty map written beside a label map ending in ``suffix`` (an output format).
+
+    A segmentation format holds labels only: the uncertainty beside a ``.seg.nrrd`` is a scalar ``.nrrd``.
+    """
+    return _SCALAR_SUFFIXES.get(suffix, suffix)
+
+
 DEFAULT_PRESEG_STEPS = 30
 """``T_pre``, the noise step a presegmentation is refined from when none is asked for."""
 REFINE_STRIDE = 15
