@@ -451,6 +451,7 @@ def test_signal_during_a_batch(tmp_path: Path, signum: int, code: int) -> None:
     assert 1 <= len(done) < 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["first set", "staging"])
 def test_kill_9_during_a_batch_then_a_later_run_cleans_up(tmp_path: Path, moment: str) -> None:
     scans, out = _scan_folder(tmp_path / "scans", 12), tmp_path / "out"
@@ -488,6 +489,7 @@ KILLED_IN_PUBLISH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["write", "publish"])
 def test_kill_9_at_the_worst_moment(tmp_path: Path, when: str) -> None:
     scan, out = _write_scan(tmp_path / "x.mha"), tmp_path / "out"
