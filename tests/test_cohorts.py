@@ -7,9 +7,7 @@ The summary has one row per scan of the run; shards write ``summary-K-of-N.csv``
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 import subprocess
@@ -19,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from predict_helpers import FAST, SHAPE, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
 from spinesegdiff.data.io import write_image
 from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.errors import SpineSegDiffError
 from spinesegdiff.files import StagedFiles
-from spinesegdiff.models import ModelConfig, build_model
-from spinesegdiff.models.checkpoint import save_checkpoint
 from spinesegdiff.pipelines.inputs import (
     PlannedScan,
     Shard,
@@ -36,47 +33,15 @@ from spinesegdiff.pipelines.inputs import (
 )
 from spinesegdiff.pipelines.summary import COLUMNS, summary_row
 
-FAST = ["--samples", "1", "--steps", "1", "--fuse-steps", "1", "--backend", "torch", "--device", "cpu"]
-SHAPE = {"shape": (3, 160, 120), "spacing": (1.5, 1.5, 3.0)}
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """An untrained tiny network: fast, for which scans run and what is written (not for what it holds)."""
-    config = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32, patch_size=2)
-    net = build_model(config)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, {"model_config": config.to_dict(), "train_config": {"schedule": "linear"},
-                           "scheduler": {"schedule": "linear", "num_train_timesteps": 1000},
-                           "model": net.state_dict(), "ema": net.state_dict()})
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(autouse=True)
 def _any_segmentation_is_written(monkeypatch) -> None:
-    """The untrained network draws no spine: the judgement of the result is tested in test_scan_checks."""
-    import spinesegdiff.pipelines.predict as predict_module
-
-    monkeypatch.setattr(predict_module, "check_spine_quality", lambda *args, **kwargs: None, raising=False)
-
-
-def predict(*args: str) -> subprocess.CompletedProcess:
-    """``spinesegdiff predict ARGS`` in this process."""
-    from spinesegdiff.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main(["predict", *args])
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(["spinesegdiff", "predict", *args], code, stdout.getvalue(), stderr.getvalue())
-
-
-def _scan(path: Path, seed: int = 0) -> Path:
-    phantom = make_phantom(seed=seed, **SHAPE)
-    write_image(path, (phantom.image * 800).astype(np.int16), phantom.geometry)
-    return path
+    switch_off_spine_judgement(monkeypatch)
 
 
 def _noise(path: Path) -> Path:
@@ -89,7 +54,7 @@ def _noise(path: Path) -> Path:
 
 def _cohort(folder: Path, names=("a", "b", "c")) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [_scan(folder / f"{name}.mha", seed=k) for k, name in enumerate(names)]
+    return [write_scan(folder / f"{name}.mha", seed=k) for k, name in enumerate(names)]
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

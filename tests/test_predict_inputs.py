@@ -7,8 +7,6 @@ command: inputs never overwritten, earlier outputs and label maps skipped, share
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -17,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from predict_helpers import FAST, SHAPE, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
 from spinesegdiff.data.io import Geometry, write_image
 from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.errors import InputError, MissingInputError
-from spinesegdiff.models import ModelConfig, build_model
-from spinesegdiff.models.checkpoint import save_checkpoint
 from spinesegdiff.pipelines.inputs import (
     check_output_folder,
     checked_image,
@@ -32,51 +29,15 @@ from spinesegdiff.pipelines.inputs import (
 )
 from spinesegdiff.pipelines.settings import InvalidSetting, SamplerSettings
 
-FAST = ["--samples", "1", "--steps", "1", "--fuse-steps", "1", "--backend", "torch", "--device", "cpu"]
-SHAPE = {"shape": (3, 160, 120), "spacing": (1.5, 1.5, 3.0)}
-
-
-def _tiny_checkpoint(path: Path, num_train_timesteps: int = 1000) -> Path:
-    config = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32, patch_size=2)
-    net = build_model(config)
-    save_checkpoint(path, {"model_config": config.to_dict(), "train_config": {"schedule": "linear"},
-                           "scheduler": {"schedule": "linear", "num_train_timesteps": num_train_timesteps},
-                           "model": net.state_dict(), "ema": net.state_dict()})
-    return path
-
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    """An untrained tiny network: fast, for where outputs go (not for what they hold)."""
-    return _tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture(autouse=True)
 def _any_segmentation_is_written(monkeypatch) -> None:
-    """The untrained network's labels are no spine: these tests are about where outputs go, so the judgement
-    of the result (``pipelines/checks.py``, tested in test_scan_checks) is left out here."""
-    import spinesegdiff.pipelines.predict as predict_module
-
-    monkeypatch.setattr(predict_module, "check_spine_quality", lambda *args, **kwargs: None, raising=False)
-
-
-def predict(*args: str) -> subprocess.CompletedProcess:
-    """``spinesegdiff predict ARGS`` in this process."""
-    from spinesegdiff.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main(["predict", *args])
-        except SystemExit as exit_:
-            code = exit_.code
-    return subprocess.CompletedProcess(["spinesegdiff", "predict", *args], code, stdout.getvalue(), stderr.getvalue())
-
-
-def _scan(path: Path, seed: int = 0) -> Path:
-    phantom = make_phantom(seed=seed, **SHAPE)
-    write_image(path, (phantom.image * 800).astype(np.int16), phantom.geometry)
-    return path
+    switch_off_spine_judgement(monkeypatch)
 
 
 def _label_map(path: Path, values=(0, 1, 2, 3), dtype=np.uint8) -> Path:
@@ -104,8 +65,8 @@ def _one_error(result: subprocess.CompletedProcess, fragment: str) -> str:
 def test_an_output_that_would_replace_an_input_scan_refuses_the_batch(tiny_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "scans"
     folder.mkdir()
-    _scan(folder / "a.mha")
-    _scan(folder / "a_seg.mha", seed=1)  # a scan whose name is a.mha's label output
+    write_scan(folder / "a.mha")
+    write_scan(folder / "a_seg.mha", seed=1)  # a scan whose name is a.mha's label output
     before = _snapshot(folder)
     line = _one_error(predict("-i", str(folder), "-o", str(folder), "--model", str(tiny_model), *FAST),
                       "a_seg.mha: is an input, and the output a_seg.mha of a.mha would replace it")
@@ -118,7 +79,7 @@ def test_an_output_that_would_replace_an_input_scan_refuses_the_batch(tiny_model
 
 
 def test_an_output_that_is_a_link_to_the_input_is_refused(tmp_path: Path) -> None:
-    scan = _scan(tmp_path / "a.mha")
+    scan = write_scan(tmp_path / "a.mha")
     out = tmp_path / "out"
     out.mkdir()
     (out / "a_uncertainty.mha").symlink_to(scan)
@@ -129,7 +90,7 @@ def test_an_output_that_is_a_link_to_the_input_is_refused(tmp_path: Path) -> Non
 
 
 def test_a_file_in_the_input_folder_that_spinesegdiff_did_not_write_is_kept(tmp_path: Path) -> None:
-    _scan(tmp_path / "a.mha")
+    write_scan(tmp_path / "a.mha")
     (tmp_path / "a.json").write_text('{"patient": "not a report of ours"}')
     inputs = scan_inputs(tmp_path)
     with pytest.raises(InputError, match=r"a\.json: is an input, and the output a\.json of a\.mha"):
@@ -141,7 +102,7 @@ def test_a_file_in_the_input_folder_that_spinesegdiff_did_not_write_is_kept(tmp_
 def test_rerun_into_the_input_folder_skips_its_own_outputs(tiny_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "scans"
     folder.mkdir()
-    _scan(folder / "a.mha")
+    write_scan(folder / "a.mha")
     first = predict("-i", str(folder), "-o", str(folder), "--model", str(tiny_model), *FAST)
     assert first.returncode == 0, first.stderr
     written = sorted(p.name for p in folder.iterdir())
@@ -165,7 +126,7 @@ def test_a_report_claims_only_its_own_stems_outputs(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps({"outputs": ["c_seg.mha"]}))
     (tmp_path / "d.json").write_text("{not json")
     assert sidecar_outputs(tmp_path / "c.json") == set() and sidecar_outputs(tmp_path / "d.json") == set()
-    _scan(tmp_path / "b.mha")
+    write_scan(tmp_path / "b.mha")
     assert scan_inputs(tmp_path).scans == (tmp_path / "b.mha",), "b.mha is not a's to claim"
 
 
@@ -183,7 +144,7 @@ def test_an_earlier_output_named_alone_is_refused(tmp_path: Path) -> None:
 # 3. label maps beside the scans
 
 def test_label_maps_are_skipped_with_a_note(tmp_path: Path) -> None:
-    _scan(tmp_path / "a.mha")
+    write_scan(tmp_path / "a.mha")
     _label_map(tmp_path / "a_msk.nii.gz")
     _label_map(tmp_path / "b_vert.nrrd", values=(0, 41, 42, 100), dtype=np.uint16)
     found = scan_inputs(tmp_path)
@@ -220,9 +181,9 @@ def test_only_label_maps_is_a_folder_without_scans(tmp_path: Path) -> None:
 def test_inputs_sharing_a_stem_get_distinct_outputs(tiny_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "scans"
     folder.mkdir()
-    _scan(folder / "a.mha")
-    _scan(folder / "a.nii.gz", seed=1)
-    _scan(folder / "b.mha", seed=2)
+    write_scan(folder / "a.mha")
+    write_scan(folder / "a.nii.gz", seed=1)
+    write_scan(folder / "b.mha", seed=2)
     plan = plan_outputs(scan_inputs(folder), tmp_path / "out", suffix_of=lambda scan: ".mha")
     assert [(p.scan.name, p.stem) for p in plan] == [("a.mha", "a_mha"), ("a.nii.gz", "a_nii_gz"), ("b.mha", "b")]
     out = tmp_path / "out"
@@ -235,8 +196,8 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(tiny_model: Path, tmp_path: 
 
 
 def test_inputs_that_would_still_write_one_file_refuse_the_batch(tmp_path: Path) -> None:
-    _scan(tmp_path / "a.nii")
-    _scan(tmp_path / "b.nii", seed=1).rename(tmp_path / "a.NII")  # one ending in two cases: both would be a_nii
+    write_scan(tmp_path / "a.nii")
+    write_scan(tmp_path / "b.nii", seed=1).rename(tmp_path / "a.NII")  # one ending in two cases: both would be a_nii
     clash = r"a\.(nii|NII): and .*a\.(NII|nii) would both write .*a_nii_seg\.nii: rename one"
     with pytest.raises(InputError, match=clash):
         plan_outputs(scan_inputs(tmp_path), tmp_path / "out", suffix_of=lambda scan: ".nii")
@@ -245,7 +206,7 @@ def test_inputs_that_would_still_write_one_file_refuse_the_batch(tmp_path: Path)
 # 5. image endings in capitals
 
 def test_upper_case_endings_are_recognised(tmp_path: Path) -> None:
-    _scan(tmp_path / "upper.mha").rename(tmp_path / "UPPER.MHA")  # write_image cannot write capitals (yet)
+    write_scan(tmp_path / "upper.mha").rename(tmp_path / "UPPER.MHA")  # write_image cannot write capitals (yet)
     _label_map(tmp_path / "mask.mha").rename(tmp_path / "MASK.MHA")
     found = scan_inputs(tmp_path)
     assert found.scans == (tmp_path / "UPPER.MHA",)  # the label map was read despite its capitals
@@ -255,7 +216,7 @@ def test_upper_case_endings_are_recognised(tmp_path: Path) -> None:
 def test_an_upper_case_scan_is_read(tmp_path: Path) -> None:
     from spinesegdiff.pipelines.predict import load_scan
 
-    scan = load_scan(_scan(tmp_path / "upper.mha").rename(tmp_path / "UPPER.MHA"))
+    scan = load_scan(write_scan(tmp_path / "upper.mha").rename(tmp_path / "UPPER.MHA"))
     assert scan.stem == "UPPER" and scan.image.shape == SHAPE["shape"]
 
 
@@ -264,7 +225,7 @@ def test_an_upper_case_scan_is_read(tmp_path: Path) -> None:
 def test_a_broken_link_is_an_error_for_that_file_and_the_batch_goes_on(tiny_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "scans"
     folder.mkdir()
-    _scan(folder / "a.mha")
+    write_scan(folder / "a.mha")
     (folder / "b.mha").symlink_to(tmp_path / "gone.mha")
     (folder / "notes.txt").symlink_to(tmp_path / "gone.txt")  # not an image name: not an input at all
     found = scan_inputs(folder)
@@ -293,7 +254,7 @@ def test_an_output_folder_that_is_a_file_is_one_error_before_any_work(tiny_model
     folder = tmp_path / "scans"
     folder.mkdir()
     for k in range(3):
-        _scan(folder / f"s{k}.mha", seed=k)
+        write_scan(folder / f"s{k}.mha", seed=k)
     target = tmp_path / "out.txt"
     target.write_text("a file")
     monkeypatch.setattr(predict_module, "load_scan", lambda *a, **k: pytest.fail("a scan was read"))
@@ -343,15 +304,15 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path: Path) -> N
 ])
 def test_options_out_of_range_are_one_line_before_any_work(options: list[str], message: str,
                                                            tmp_path: Path) -> None:
-    scan = _scan(tmp_path / "a.mha")
+    scan = write_scan(tmp_path / "a.mha")
     out = tmp_path / "out"
     _one_error(predict("-i", str(scan), "-o", str(out), *options), message)
     assert not out.exists()
 
 
 def test_steps_beyond_the_models_schedule_are_refused_before_sampling(tmp_path: Path) -> None:
-    short = _tiny_checkpoint(tmp_path / "short.pt", num_train_timesteps=100)
-    scan = _scan(tmp_path / "a.mha")
+    short = tiny_checkpoint(tmp_path / "short.pt", num_train_timesteps=100)
+    scan = write_scan(tmp_path / "a.mha")
     out = tmp_path / "out"
     _one_error(predict("-i", str(scan), "-o", str(out), "--model", str(short), "--steps", "500", "--fuse-steps",
                        "1", "--samples", "1", "--backend", "torch", "--device", "cpu"),
@@ -425,7 +386,7 @@ def test_a_doubtful_result_is_written_with_one_warning_line(tiny_model: Path, tm
     doubtful = {"verdict": "doubtful", "reasons": ["IVD_mm2 300 < 400"], "measures": {"IVD_mm2": 300.0}}
     monkeypatch.setattr(predict_module, "check_spine_quality", check_spine_quality)
     monkeypatch.setattr(predict_module, "spine_quality", lambda labels: doubtful)
-    result = predict("-i", str(_scan(tmp_path / "a.mha")), "-o", str(tmp_path / "out"), "--model",
+    result = predict("-i", str(write_scan(tmp_path / "a.mha")), "-o", str(tmp_path / "out"), "--model",
                      str(tiny_model), *FAST, "--quiet")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("spinesegdiff: warning: ")]
