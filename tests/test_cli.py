@@ -255,5 +255,5 @@ def test_format_help_lists_the_output_formats() -> None:
     from spinesegdiff.cli.options import output_format_help
     from spinesegdiff.pipelines.settings import OUTPUT_FORMATS
 
-    assert output_format_help().startswith("output format: nii.gz, mha, nrrd, nii, seg.nrrd (")
+    assert output_format_help().startswith("output format: nii.gz, mha, nrrd, nii, seg.nrrd, dicom-seg (")
     assert all(f.removeprefix(".") in output_format_help() for f in OUTPUT_FORMATS)

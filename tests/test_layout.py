@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and the ones below, never one above):
 
-    errors, devices, files  <  data  <  diffusion  <  models  <  pipelines  <  evaluation  <  training  <  cli
+    errors, devices, files < data < anatomy < diffusion < models < pipelines < review < evaluation < training < cli
 
 ``assets`` (shipped files) sits with the lowest layer; ``__init__`` and ``__main__`` may import anything.
 """
@@ -17,7 +17,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spinesegdiff"
 LAYERS = {
     "errors": 0, "devices": 0, "files": 0, "assets": 0,
-    "data": 1, "diffusion": 2, "models": 3, "pipelines": 4, "evaluation": 5, "training": 6, "cli": 7,
+    "data": 1, "anatomy": 2, "diffusion": 3, "models": 4, "pipelines": 5, "review": 6, "evaluation": 7,
+    "training": 8, "cli": 9,
 }
 MAX_LOOSE_MODULES = 8
 MAX_FUNCTION_LINES = 80

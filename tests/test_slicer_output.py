@@ -48,7 +48,7 @@ def test_label_table_agrees_with_the_label_codes():
     assert tuple(s.abbreviation for s in table.structures) == STRUCTURE_ABBREVIATIONS
     assert [s.value for s in table.structures] == [1, 2, 3]
     assert [s.colour for s in table.structures] == ["#f6c445", "#4fa3e0", "#e8575a"]
-    assert [s.snomed_code for s in table.structures] == ["61496007", "51282000", "360499006"]
+    assert [s.snomed_code for s in table.structures] == ["61853006", "51282000", "360499006"]
     assert table.by_value(3).name == "intervertebral disc"
     with pytest.raises(KeyError, match="no structure has label value 4"):
         table.by_value(4)

@@ -21,11 +21,18 @@ class InputError(SpineSegDiffError, ValueError):
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
 
+    def __reduce__(self):  # picklable with its own arguments: it crosses process boundaries (Ray workers)
+        return type(self), (self.path, self.problem)
+
 
 class MissingInputError(SpineSegDiffError, FileNotFoundError):
     """A path the user named does not exist (a ``FileNotFoundError`` that names the path)."""
 
     def __init__(self, path: str | Path, what: str = "file or folder") -> None:
         self.path = Path(path)
+        self.what = what
         self.problem = f"no such {what}"
         super().__init__(f"{path}: {self.problem}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.what)

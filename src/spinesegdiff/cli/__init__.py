@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from spinesegdiff import __version__
-from spinesegdiff.cli import data, evaluate, predict, train
+from spinesegdiff.cli import data, evaluate, levels, predict, review, train
 from spinesegdiff.cli.options import EXIT_INPUT_ERROR, EXIT_INTERRUPTED
 
 
@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_benchmark_parser(commands)
     evaluate.add_ablate_parser(commands)
     evaluate.add_evaluate_parser(commands)
+    levels.add_evaluate_levels_parser(commands)
     predict.add_predict_parser(commands)
     predict.add_demo_parser(commands)
+    review.add_review_parser(commands)
     return parser
 
 

@@ -84,6 +84,38 @@ def add_cohort_options(parser: argparse.ArgumentParser) -> None:
                              "summary-K-of-N.csv, and with --skip-existing)")
 
 
+ENGINES = ("local", "ray")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """``--engine local|ray``, ``--address``, ``--workers``, ``--worker-threads``: where the scans are segmented."""
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: in this process; ray: on Ray workers that each load the model once (pip "
+                             "install 'spinesegdiff[ray]'; a local Ray instance on 127.0.0.1 unless --address)")
+    parser.add_argument("--address", help="with --engine ray: a running Ray cluster (ray://HOST:10001, HOST:6379 or "
+                                          "auto); its nodes need spinesegdiff and the same paths")
+    parser.add_argument("--workers", type=int,
+                        help="with --engine ray: workers (default: the cluster's CPUs over --worker-threads; "
+                             "locally 1)")
+    parser.add_argument("--worker-threads", type=int,
+                        help="with --engine ray: CPU threads per worker (default: local cores over workers; 1 on "
+                             "a cluster)")
+
+
+def engine_choice(args: argparse.Namespace):
+    """The :class:`~spinesegdiff.pipelines.cluster.RayEngine` asked for, or ``None`` (this process)."""
+    from spinesegdiff.errors import SpineSegDiffError
+    from spinesegdiff.pipelines.cluster import RayEngine
+
+    if args.engine != "ray":
+        given = [f"--{name.replace('_', '-')}" for name in ("address", "workers", "worker_threads")
+                 if getattr(args, name) is not None]
+        if given:
+            raise SpineSegDiffError(f"{', '.join(given)} only apply with --engine ray")
+        return None
+    return RayEngine(address=args.address, workers=args.workers, threads=args.worker_threads)
+
+
 SAMPLER_OPTIONS = {"num_samples": "--samples", "num_steps": "--steps", "fuse_steps": "--fuse-steps",
                    "seed": "--seed", "precision": "--precision", "backend": "--backend",
                    "preseg_steps": "--preseg-steps"}

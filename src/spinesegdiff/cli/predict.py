@@ -10,8 +10,10 @@ from spinesegdiff.cli.options import (
     EXIT_INPUT_ERROR,
     add_cohort_options,
     add_device_option,
+    add_engine_options,
     add_preseg_options,
     add_sampler_options,
+    engine_choice,
     output_format_help,
     sampler_settings,
 )
@@ -20,6 +22,7 @@ from spinesegdiff.cli.options import (
 def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from spinesegdiff.pipelines.input_list import parse_where
     from spinesegdiff.pipelines.inputs import parse_shard
     from spinesegdiff.pipelines.predict import predict_scans
 
@@ -28,7 +31,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              settings=sampler_settings(args), preseg=args.preseg, preseg_model=args.preseg_model,
                              volume=args.volume, output_format=args.format, quiet=args.quiet,
                              progress=not args.quiet, shard=shard, skip_existing=args.skip_existing,
-                             summary=True if args.summary else None)
+                             summary=True if args.summary else None, input_list=args.input_list,
+                             where=parse_where(args.where), engine=engine_choice(args))
     failures = attempted = 0
     for outcome in outcomes:
         if outcome.note is not None:  # an input left out (a label map, an earlier output), a complete set
@@ -69,7 +73,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     pr = commands.add_parser("predict", help="segment scans (.mha, .nii.gz, .nrrd, DICOM, or a folder of them)")
-    pr.add_argument("-i", "--input", required=True, type=Path, help="scan, DICOM series folder, or folder of scans")
+    scans = pr.add_mutually_exclusive_group(required=True)
+    scans.add_argument("-i", "--input", type=Path, help="scan, DICOM series folder, or folder of scans")
+    scans.add_argument("--input-list", type=Path, metavar="FILE",
+                       help="a file naming the scans: one path per line, or a CSV with a path (or input) column, "
+                            "such as a summary.csv or a review page's triage export; relative paths are looked up "
+                            "beside the list first")
+    pr.add_argument("--where", action="append", metavar="COLUMN=VALUE",
+                    help="with a CSV --input-list, only its rows with this value (repeatable; e.g. status=failed, "
+                         "decision=needs_correction)")
     pr.add_argument("-o", "--output", required=True, type=Path,
                     help="output folder (may be the input folder: inputs are never overwritten)")
     pr.add_argument("--model", type=Path, help="checkpoint or run folder (default: the shipped compact model)")
@@ -79,6 +91,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     add_sampler_options(pr)
     add_preseg_options(pr)
     add_cohort_options(pr)
+    add_engine_options(pr)
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(handler=_cmd_predict)
 

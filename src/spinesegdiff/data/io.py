@@ -6,7 +6,7 @@ LPS, exactly as ``SimpleITK.Image`` does. :func:`read_image` returns ``(array, g
 :func:`write_image` takes the same pair back, so a read followed by a write reproduces the file's grid.
 
 Supported: ``.mha``/``.mhd``, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr`` and DICOM series folders (read only;
-labels derived from DICOM are written as NIfTI).
+labels derived from DICOM are written as NIfTI, or as a DICOM SEG by :mod:`spinesegdiff.data.dicom_seg`).
 """
 
 from __future__ import annotations
@@ -240,28 +240,60 @@ def _itk_warnings_off() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _dicom_series_ids(folder: Path) -> tuple[str, ...]:
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "SR", "PR", "KO"})
+"""DICOM objects that are not images (segmentations, structure sets, reports, presentation states, selections):
+never read as a scan, so a folder holding only these is no DICOM series folder, and a DICOM SEG written beside
+its series (``--format dicom-seg`` with ``-o`` the series folder) changes neither which series is read nor how."""
+
+
+def _dicom_modality(file: str) -> str:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return str(pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except (InvalidDicomError, OSError, ValueError):
+        return ""  # read as a series, it reports what is wrong
+
+
+def _dicom_image_series(folder: Path) -> list[tuple[str, ...]]:
+    """The files of each DICOM image series GDCM finds in ``folder``, each in its slice order; series whose first
+    file is one of :data:`NON_IMAGE_MODALITIES` are left out."""
     import SimpleITK as sitk
 
     with _itk_warnings_off():
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        file_lists = [tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids]
+    return [files for files in file_lists if files and _dicom_modality(files[0]) not in NON_IMAGE_MODALITIES]
 
 
 def is_dicom_folder(path: str | Path) -> bool:
-    """True when ``path`` is a folder holding at least one DICOM series that GDCM recognises."""
+    """True when ``path`` is a folder holding at least one DICOM image series that GDCM recognises."""
     path = Path(path)
-    return path.is_dir() and bool(_dicom_series_ids(path))
+    return path.is_dir() and bool(_dicom_image_series(path))
+
+
+def dicom_series_files(folder: str | Path) -> tuple[Path, ...]:
+    """The files of the series :func:`read_image` reads from a DICOM folder, in its order: file ``z`` is slice ``z``.
+
+    Several image series in one folder: the one with the most files (the scan, not a localiser); objects that are
+    not images (:data:`NON_IMAGE_MODALITIES`, such as a DICOM SEG) are never taken. GDCM orders the files by
+    position along the slice normal, not by name.
+
+    Raises:
+        InputError: the folder holds no DICOM image series.
+    """
+    folder = Path(folder)
+    file_lists = _dicom_image_series(folder)
+    if not file_lists:
+        raise InputError(folder, "folder holds no DICOM series")
+    return tuple(Path(file) for file in max(file_lists, key=len))
 
 
 def _read_dicom_series(folder: Path):
     import SimpleITK as sitk
 
-    series_ids = _dicom_series_ids(folder)
-    if not series_ids:
-        raise InputError(folder, "folder holds no DICOM series")
-    # Several series in one folder: take the one with the most slices (the scan, not a localiser).
-    file_lists = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids]
-    files = max(file_lists, key=len)
+    files = [str(file) for file in dicom_series_files(folder)]
     _check_dicom_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)

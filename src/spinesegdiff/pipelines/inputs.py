@@ -39,7 +39,7 @@ import numpy as np
 
 from spinesegdiff.data.io import IMAGE_IOS, Geometry, image_stem, image_suffix, is_dicom_folder
 from spinesegdiff.errors import InputError, MissingInputError, SpineSegDiffError
-from spinesegdiff.pipelines.settings import uncertainty_suffix
+from spinesegdiff.pipelines.settings import NAMED_FORMATS, uncertainty_suffix
 
 MAX_LABEL_VALUES = 16
 """An integer image with at most this many distinct values (and at least 2, none negative) is a label map."""
@@ -109,13 +109,22 @@ def _is_output_name(name: str, stem: str) -> bool:
     if name in (f"{stem}.json", f"{stem}_overlay.png"):
         return True
     match = _OUTPUT_NAME.match(name)
-    return bool(match and match["stem"] == stem and image_suffix(name))
+    return bool(match and match["stem"] == stem and _output_ending(name))
+
+
+def _output_ending(name: str) -> str:
+    """The ending of an output's file name: an image's, or a named format's label file (``a_seg.dcm``); else ``""``.
+
+    A ``.dcm`` counts only as a label file: never as an input scan, nor as an uncertainty map.
+    """
+    named = (ending for ending in NAMED_FORMATS.values() if name.lower().endswith(f"_seg{ending}"))
+    return image_suffix(name) or next(named, "")
 
 
 def written_by_spinesegdiff(path: Path) -> Path | None:
     """The report that lists ``path`` as an output of an earlier run (``a_seg.mha`` -> ``a.json``), or ``None``."""
     match = _OUTPUT_NAME.match(path.name)
-    if not match or not image_suffix(path):
+    if not match or not _output_ending(path.name):
         return None
     report = path.with_name(f"{match['stem']}.json")
     return report if path.name in sidecar_outputs(report) else None
@@ -169,10 +178,13 @@ def _keys(path: Path) -> tuple[Path, Path]:
 def _protect(protected: dict[Path, Path], path: Path) -> None:
     for key in _keys(path):
         protected[key] = path
-    if path.is_dir():  # a DICOM series folder: its files
+    if path.is_dir():  # a DICOM series folder: its files, not those a report there lists (-o same as -i)
         try:
-            for child in path.iterdir():
-                protected[_real(child)] = child
+            children = list(path.iterdir())
+            ours = {name for child in children if child.name.endswith(".json") for name in sidecar_outputs(child)}
+            for child in children:
+                if child.name not in ours:
+                    protected[_real(child)] = child
         except OSError:
             pass  # a folder that cannot be listed cannot be written into either
 
@@ -214,7 +226,7 @@ def _scan_folder(folder: Path) -> ScanInputs:
     protected: dict[Path, Path] = {}
     for entry in entries:
         if entry.name in ours:
-            if image_suffix(entry):
+            if _output_ending(entry.name):
                 skipped.append(Skipped(entry, f"skipped: an output of spinesegdiff (listed in {ours[entry.name]})"))
             continue
         _protect(protected, entry)
@@ -236,8 +248,59 @@ def _scan_folder(folder: Path) -> ScanInputs:
     return ScanInputs(scans=tuple(scans), skipped=tuple(skipped), protected=protected)
 
 
+def scan_list_inputs(list_file: str | Path, *, where: dict[str, str] | None = None) -> ScanInputs:
+    """The scans an input list names (:func:`~spinesegdiff.pipelines.input_list.read_input_list`), in its order.
+
+    Each entry is judged as :func:`scan_inputs` judges a folder's entries: an earlier output or a label map is left
+    out with a note; a missing path, a broken link, a folder without a DICOM series or a file that is not an image
+    is an error for that entry (naming the list's line), and the batch goes on.
+
+    Raises:
+        MissingInputError, InputError: the list itself cannot be read or names nothing (see ``read_input_list``),
+            or every entry was left out with a note.
+    """
+    from spinesegdiff.pipelines.input_list import read_input_list
+
+    scans: list[Path] = []
+    skipped: list[Skipped] = []
+    protected: dict[Path, Path] = {}
+    for entry in read_input_list(list_file, where=where):
+        path, where_listed = entry.path, f"(line {entry.line} of {Path(list_file).name})"
+        problem = _listed_problem(path)
+        if problem is not None:
+            skipped.append(Skipped(path, f"{problem} {where_listed}", error=True))
+            continue
+        report = written_by_spinesegdiff(path) if path.is_file() else None
+        values = label_values(path) if path.is_file() and report is None else None
+        if report is not None:
+            skipped.append(Skipped(path, f"skipped: an output of spinesegdiff (listed in {report.name})"))
+        elif values is not None:
+            skipped.append(Skipped(path, f"skipped: {_label_note(values)}"))
+        else:
+            _protect(protected, path)
+            scans.append(path)
+    if not scans and not any(s.error for s in skipped):
+        raise InputError(list_file, f"input list names no scans ({len(skipped)} skipped: label maps or outputs of "
+                                    "spinesegdiff)")
+    return ScanInputs(scans=tuple(scans), skipped=tuple(skipped), protected=protected)
+
+
+def _listed_problem(path: Path) -> str | None:
+    """Why a listed path is not a scan to read (``None``: a file with an image ending or a DICOM folder)."""
+    if path.is_symlink() and not path.exists():
+        return _broken_link(path)
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return None if is_dicom_folder(path) else "is a folder without a DICOM series"
+    if not image_suffix(path):
+        return "is not a scan file (.mha, .mhd, .nii, .nii.gz, .nrrd, .nhdr) or a DICOM series folder"
+    return None
+
+
 def _distinct_stems(scans: tuple[Path, ...]) -> dict[Path, str]:
-    """Each scan's output stem: its own, or with its ending (``a_mha``, ``a_nii_gz``) when another shares it."""
+    """Each scan's output stem: its own; with its ending (``a_mha``, ``a_nii_gz``) when another shares it; and
+    with its folder's name in front (``p01_t2_mha``) when scans of several folders (an input list) still share it."""
     by_stem: dict[str, list[Path]] = {}
     for scan in scans:
         by_stem.setdefault(image_stem(scan), []).append(scan)
@@ -246,6 +309,10 @@ def _distinct_stems(scans: tuple[Path, ...]) -> dict[Path, str]:
         for scan in group:
             ending = image_suffix(scan).lstrip(".").replace(".", "_") if scan.is_file() else "dicom"
             stems[scan] = stem if len(group) == 1 else f"{stem}_{ending or 'file'}"
+        named = [stems[scan] for scan in group]
+        for scan in group:
+            if named.count(stems[scan]) > 1:
+                stems[scan] = f"{scan.absolute().parent.name or 'root'}_{stems[scan]}"
     return stems
 
 

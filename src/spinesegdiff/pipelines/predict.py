@@ -15,13 +15,16 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spinesegdiff.anatomy import LevelReport, draw_level_names, scan_levels
+from spinesegdiff.data.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_segmentation
 from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 from spinesegdiff.data.preprocess import (
@@ -40,8 +43,10 @@ from spinesegdiff.pipelines.checks import (
     check_spine_quality,
     spine_quality,
 )
+from spinesegdiff.pipelines.cluster import RayEngine
 from spinesegdiff.pipelines.inputs import (
     PlannedScan,
+    ScanInputs,
     Shard,
     Skipped,
     check_output_folder,
@@ -50,12 +55,13 @@ from spinesegdiff.pipelines.inputs import (
     parse_shard,
     plan_outputs,
     scan_inputs,
+    scan_list_inputs,
     select_shard,
 )
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
-from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings, uncertainty_suffix
+from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings, format_suffix, uncertainty_suffix
 from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
@@ -286,7 +292,7 @@ class ScanOutcome:
 
 
 def predict_scans(
-    input: str | Path,
+    input: str | Path | None,
     output: str | Path,
     *,
     model: str | Path | None = None,
@@ -301,8 +307,12 @@ def predict_scans(
     shard: Shard | str | None = None,
     skip_existing: bool = False,
     summary: bool | None = None,
+    input_list: str | Path | None = None,
+    where: dict[str, str] | None = None,
+    engine: RayEngine | None = None,
 ) -> Iterator[ScanOutcome]:
-    """Segment a scan, a DICOM series folder or a folder of scans, and write each scan's outputs to ``output``.
+    """Segment a scan, a DICOM series folder, a folder of scans or the scans of a list, and write each scan's
+    outputs to ``output``.
 
     The inputs, the output folder, the output format and the presegmenter are checked, and every output named,
     before any work (errors raise here; see :mod:`spinesegdiff.pipelines.inputs`: an output never replaces an
@@ -313,89 +323,164 @@ def predict_scans(
     model is loaded after the first readable scan, so a bad input is reported before a long load.
 
     Args:
-        input: scan file, DICOM series folder, or folder of them.
+        input: scan file, DICOM series folder, or folder of them (``None`` with ``input_list``).
         output: output folder (created).
         model, device, settings, preseg, preseg_model, volume, quiet: as for :func:`segment`.
-        output_format: ``nii.gz``, ``mha``, ``nrrd`` or ``nii`` (see :data:`OUTPUT_FORMATS`); default the
-            input's own (DICOM: ``nii.gz``).
+        output_format: one of :data:`OUTPUT_FORMATS` (``nii.gz``, ``mha``, ``nrrd``, ``nii``, ``seg.nrrd``,
+            ``dicom-seg``); default the input's own (DICOM: ``nii.gz``).
         progress: a progress bar on stderr when there is more than one scan (print beside it with
             ``tqdm.write``).
-        shard: ``"K/N"`` or a :class:`~spinesegdiff.pipelines.inputs.Shard`: only every N-th scan of the name-
-            ordered plan, from the K-th (:func:`~spinesegdiff.pipelines.inputs.select_shard`).
+        shard: ``"K/N"`` or a :class:`~spinesegdiff.pipelines.inputs.Shard`: only every N-th scan of the
+            plan (name order for a folder, list order for a list), from the K-th
+            (:func:`~spinesegdiff.pipelines.inputs.select_shard`).
         skip_existing: a scan whose output set is complete (:func:`~spinesegdiff.pipelines.inputs.complete_outputs`)
             is not segmented again: its outcome has ``paths`` and a ``note``.
         summary: write ``summary.csv`` (``summary-K-of-N.csv`` for a shard) into ``output``, one row per scan
             (:mod:`spinesegdiff.pipelines.summary`); ``None``: only for a cohort run (``shard`` or
             ``skip_existing``), so a plain run writes nothing but each scan's four files.
+        input_list: a file naming the scans instead of ``input`` (one path per line, or a CSV with a ``path``
+            column; :mod:`spinesegdiff.pipelines.input_list`).
+        where: with a CSV ``input_list``, keep only the rows whose columns hold these values.
+        engine: ``None`` segments in this process; a :class:`~spinesegdiff.pipelines.cluster.RayEngine` spreads
+            the scans over Ray workers that each load the model once (same outputs for the same seed).
 
     Raises:
-        MissingInputError, InputError, SpineSegDiffError: no scans, a bad output format, shard or presegmenter
-            choice, a file named like the summary that is not one.
+        MissingInputError, InputError, SpineSegDiffError: no scans, both or neither of ``input`` and
+            ``input_list``, a bad output format, shard or presegmenter choice, a file named like the summary
+            that is not one, Ray asked for but not installed or not reachable.
     """
     shard = parse_shard(shard) if isinstance(shard, str) else shard
-    output_suffix(None, output_format)  # refuse a bad format before any work
-    check_output_folder(output)
-    recover_staging(output)  # a set a killed run left without its JSON is finished before the inputs are read
-    inputs = scan_inputs(input)
-    plan = select_shard(plan_outputs(inputs, output, suffix_of=lambda scan: output_suffix(scan, output_format)),
-                        shard)
+    inputs, plan = _plan_scans(input, input_list, where, output, output_format, shard)
     if summary is None:
         summary = shard is not None or skip_existing
     table = summary_path(output, shard) if summary else None
     if table is not None:
         check_summary(table)
-    presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
-                                        preseg_steps=settings.preseg_steps if settings else None, device=device)
+    spec = SegmenterSpec(model=model, device=device, settings=settings, quiet=quiet, preseg=preseg,
+                         preseg_model=preseg_model)
+    presegmenter = spec.presegmenter()  # an unknown or unusable presegmenter choice fails here, before any scan
+    work = ScanWork(output=Path(output), volume=volume, output_format=output_format,
+                    total=len(inputs.skipped) + len(plan))
+    if engine is None:
+        run_scans = partial(_segment_in_process, partial(spec.load_with, presegmenter), work)
+    else:
+        from spinesegdiff.pipelines.cluster import ray_scan_runner
 
-    def load_segmenter() -> Segmenter:
-        return Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet,
+        run_scans = ray_scan_runner(engine, spec, work)
+    return _predict_each(plan, inputs.skipped, run_scans, progress=progress, skip_existing=skip_existing,
+                         summary=table, summarise_left_out=shard is None or shard.index == 1)
+
+
+def _plan_scans(input: str | Path | None, input_list: str | Path | None, where: dict[str, str] | None,
+                output: str | Path, output_format: str | None, shard: Shard | None,
+                ) -> tuple[ScanInputs, tuple[PlannedScan, ...]]:
+    """The inputs found and the scans of this run (shard) with their outputs, all checked before any work."""
+    output_suffix(None, output_format)  # refuse a bad format before any work
+    if (input is None) == (input_list is None):
+        raise SpineSegDiffError("name the scans with exactly one of an input (-i) and an input list (--input-list)")
+    if where and input_list is None:
+        raise SpineSegDiffError("--where filters the rows of an --input-list CSV: give one")
+    check_output_folder(output)
+    recover_staging(output)  # a set a killed run left without its JSON is finished before the inputs are read
+    inputs = scan_inputs(input) if input_list is None else scan_list_inputs(input_list, where=where)
+    plan = plan_outputs(inputs, output, suffix_of=lambda scan: output_suffix(scan, output_format))
+    return inputs, select_shard(plan, shard)
+
+
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """How to load the :class:`Segmenter` of a run: what a worker process needs to load its own copy."""
+
+    model: str | Path | None = None
+    device: str = "auto"
+    settings: SamplerSettings | None = None
+    quiet: bool = False
+    preseg: str | None = None
+    preseg_model: str | Path | None = None
+
+    def presegmenter(self):
+        """The presegmenter (:func:`~spinesegdiff.pipelines.presegmenters.resolve_presegmenter`), or ``None``."""
+        return resolve_presegmenter(self.preseg, self.preseg_model, user_model=self.model is not None,
+                                    preseg_steps=self.settings.preseg_steps if self.settings else None,
+                                    device=self.device)
+
+    def load(self) -> Segmenter:
+        """The segmenter with its presegmenter, both loaded here."""
+        return self.load_with(self.presegmenter())
+
+    def load_with(self, presegmenter) -> Segmenter:
+        """The segmenter around a presegmenter loaded already (``None``: sampling from noise)."""
+        return Segmenter.from_checkpoint(self.model, device=self.device, settings=self.settings, quiet=self.quiet,
                                          presegmenter=presegmenter)
 
-    return _predict_each(plan, inputs.skipped, Path(output), load_segmenter, volume=volume,
-                         output_format=output_format, progress=progress, skip_existing=skip_existing,
-                         summary=table)
+
+@dataclass(frozen=True)
+class ScanWork:
+    """Where and how every scan of a run is segmented and written."""
+
+    output: Path
+    volume: bool
+    output_format: str | None
+    total: int
 
 
-def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], output: Path, load_segmenter, *,
-                  volume: bool, output_format: str | None, progress: bool, skip_existing: bool = False,
-                  summary: Path | None = None) -> Iterator[ScanOutcome]:
-    """The left-out inputs first (notes and errors), then each planned scan segmented (or skipped) and written.
+ScanRunner = Callable[[list[tuple[int, PlannedScan]]], Iterator[ScanOutcome]]
+"""Segments ``(index, planned scan)`` pairs and yields their outcomes in the same order."""
 
-    The summary (if any) is rewritten before each scan's outcome is handed on, so it holds every scan finished;
-    a model that cannot be loaded leaves none.
-    """
-    from tqdm.auto import tqdm
 
-    total = len(skipped) + len(plan)
-    for index, left_out in enumerate(skipped):
-        text = str(left_out)
-        yield ScanOutcome(left_out.path, index, total, error=text if left_out.error else None,
-                          note=None if left_out.error else text)
-    rows: list[dict[str, Any]] = []  # the summary is first written after a scan: a model that fails to load
-    segmenter: list[Segmenter] = []  # loaded after the first good scan, so a bad input is reported first
+def _segment_in_process(load_segmenter: Callable[[], Segmenter], work: ScanWork,
+                        todo: list[tuple[int, PlannedScan]]) -> Iterator[ScanOutcome]:
+    """The scans one by one in this process; the model is loaded after the first readable scan."""
+    segmenter: list[Segmenter] = []
 
     def get_segmenter() -> Segmenter:
         if not segmenter:  # a model that cannot be loaded raises: no scan could be segmented
             segmenter.append(load_segmenter())
         return segmenter[0]
 
-    shown = tqdm(plan, desc="predict", unit="scan", disable=not progress or len(plan) < 2)
-    for index, planned in enumerate(shown, start=len(skipped)):
-        if skip_existing and complete_outputs(planned):
+    for index, planned in todo:
+        yield segment_planned(planned, index, work, get_segmenter)
+
+
+def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], run_scans: ScanRunner, *,
+                  progress: bool, skip_existing: bool = False, summary: Path | None = None,
+                  summarise_left_out: bool = True) -> Iterator[ScanOutcome]:
+    """The left-out inputs first (notes and errors), then each planned scan segmented (or skipped) and written.
+
+    Which scans are complete already (``skip_existing``) is decided before the first is segmented. The summary
+    (if any) is rewritten before each scan's outcome is handed on, so it holds every scan finished; a model that
+    cannot be loaded leaves none. An input left out with an error (a listed scan that does not exist, a broken
+    link) is a failed row of the summary when ``summarise_left_out`` (every run but shards 2..N, so that joined
+    shard summaries name it once).
+    """
+    from tqdm.auto import tqdm
+
+    total = len(skipped) + len(plan)
+    rows: list[dict[str, Any]] = []  # the summary is first written after a scan: a model that fails to load
+    for index, left_out in enumerate(skipped):
+        text = str(left_out)
+        if left_out.error and summarise_left_out:
+            rows.append(summary_row(left_out.path, "failed", problem=text))
+        yield ScanOutcome(left_out.path, index, total, error=text if left_out.error else None,
+                          note=None if left_out.error else text)
+    indexed = list(enumerate(plan, start=len(skipped)))
+    complete = {index for index, planned in indexed if skip_existing and complete_outputs(planned)}
+    computed = run_scans([(index, planned) for index, planned in indexed if index not in complete])
+    for index, planned in tqdm(indexed, desc="predict", unit="scan", disable=not progress or len(plan) < 2):
+        if index in complete:
             outcome = ScanOutcome(planned.scan, index, total, paths=dict(planned.outputs),
                                   note=f"{planned.scan}: skipped: its outputs are complete "
                                        f"({planned.outputs['report'].name} lists them)")
             status = "skipped"
         else:
-            outcome = _predict_one(planned, index, total, get_segmenter, output, volume=volume,
-                                   output_format=output_format)
+            outcome = next(computed)
             status = "written" if outcome.ok else "failed"
         rows.append(summary_row(planned.scan, status, report=outcome.paths["report"] if outcome.paths else None,
                                 seconds=outcome.seconds, problem=outcome.error))
         _write_summary(summary, rows)
         yield outcome
     if not plan:
-        _write_summary(summary, rows)  # the header alone: a shard without scans
+        _write_summary(summary, rows)  # the header (and the inputs left out with an error): no scan to segment
 
 
 def _write_summary(path: Path | None, rows: list[dict[str, Any]]) -> None:
@@ -408,12 +493,12 @@ def _write_summary(path: Path | None, rows: list[dict[str, Any]]) -> None:
         raise InputError(path, f"cannot write the summary ({err.strerror or err})") from err
 
 
-def _predict_one(planned: PlannedScan, index: int, total: int, get_segmenter, output: Path, *, volume: bool,
-                 output_format: str | None) -> ScanOutcome:
+def segment_planned(planned: PlannedScan, index: int, work: ScanWork,
+                    get_segmenter: Callable[[], Segmenter]) -> ScanOutcome:
     """Read, segment and write one planned scan: its outcome (with the one-line error if it failed)."""
-    scan = planned.scan
+    scan, total = planned.scan, work.total
     try:
-        loaded = dataclasses.replace(load_scan(scan, volume=volume), stem=planned.stem)
+        loaded = dataclasses.replace(load_scan(scan, volume=work.volume), stem=planned.stem)
     except SpineSegDiffError as err:
         return ScanOutcome(scan, index, total, error=str(err))
     segmenter = get_segmenter()
@@ -421,7 +506,7 @@ def _predict_one(planned: PlannedScan, index: int, total: int, get_segmenter, ou
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", QualityWarning)
             result = segment_loaded(loaded, segmenter)
-        paths = write_outputs(result, output, output_format=output_format)
+        paths = write_outputs(result, work.output, output_format=work.output_format)
     except SpineSegDiffError as err:
         return ScanOutcome(scan, index, total, error=str(err))
     doubts = [str(w.message) for w in caught if issubclass(w.category, QualityWarning)]
@@ -461,18 +546,28 @@ def run_demo(output: str | Path, *, device: str = "auto", settings: SamplerSetti
 
 
 def output_suffix(source: Path | None, requested: str | None) -> str:
-    """Output format: as requested, else the input's own, NIfTI for DICOM folders and arrays."""
+    """The label file's ending: the requested format's (``dicom-seg`` -> ``.dcm``), else the input's own, NIfTI
+    for DICOM folders and arrays.
+
+    Raises:
+        InputError: a format not in :data:`OUTPUT_FORMATS`; ``dicom-seg`` for a ``source`` that is not a DICOM
+            series folder (named; ``None``, not yet known, passes).
+    """
     if requested:
-        suffix = requested if requested.startswith(".") else f".{requested}"
-        if suffix not in OUTPUT_FORMATS:
+        suffix = format_suffix(requested)
+        if suffix is None:
             raise InputError(None, f"output format {requested!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+        if suffix == DICOM_SEG_SUFFIX and source is not None and not source.is_dir():
+            raise InputError(source, f"is not a DICOM series folder: --format {requested} writes a DICOM "
+                                     "Segmentation of a DICOM series (choose another --format for this input)")
         return suffix
     suffix = image_suffix(source) if source is not None else ""
     return {"": ".nii.gz", ".mhd": ".mha", ".nhdr": ".nrrd"}.get(suffix, suffix)
 
 
-def render_overlay(result: ScanSegmentation, path: Path) -> None:
-    """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap.
+def render_overlay(result: ScanSegmentation, path: Path, levels: LevelReport | None = None) -> None:
+    """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap, and the
+    level names of ``levels`` (:func:`~spinesegdiff.anatomy.scan_levels`) beside the spine.
 
     Drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas: no pyplot, no global backend change.
     """
@@ -504,9 +599,25 @@ def render_overlay(result: ScanSegmentation, path: Path) -> None:
     figure.colorbar(shown, ax=axes[1], fraction=0.04)
     handles = [Patch(color=colours[k + 1], label=name) for k, name in enumerate(STRUCTURE_NAMES)]
     axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.8)
+    if levels is not None and levels.note["slice"] == index:
+        draw_level_names(axes[0], levels, grid.rows.native_spacing, grid.cols.native_spacing)
     figure.suptitle(f"{result.stem}: sagittal slice {index} ({result.settings['mode']})", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, format="png")
+
+
+def _write_labels(path: Path, result: ScanSegmentation, suffix: str) -> None:
+    """The label map in the format of ``suffix``: a DICOM Segmentation, a Slicer segmentation or an image."""
+    if suffix == DICOM_SEG_SUFFIX:
+        if result.source is None:
+            raise InputError(None, "--format dicom-seg needs a DICOM series folder as input: an array has no "
+                                   "DICOM instances for the Segmentation to reference")
+        algorithm = {key: str(result.settings[key]) for key in ("model", "mode") if key in result.settings}
+        write_dicom_segmentation(path, result.labels, result.source, parameters=algorithm)
+    elif suffix == SEGMENTATION_SUFFIX:
+        write_slicer_segmentation(path, result.labels, result.geometry)
+    else:
+        write_image(path, result.labels, result.geometry)
 
 
 def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_format: str | None = None,
@@ -516,10 +627,13 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
     The four files are written into a hidden staging folder inside ``out_dir`` and then renamed into place
     together, the JSON last (see :func:`~spinesegdiff.pipelines.publish.staged_outputs`): a failure, a full
     disk or a signal leaves none of them, and a set without its JSON is one a killed process did not finish.
-    The JSON is strict: an undefined number (no pixels, non-finite uncertainty) is ``null``.
+    The JSON is strict: an undefined number (no pixels, non-finite uncertainty) is ``null``. With
+    ``output_format="dicom-seg"`` the labels are a DICOM Segmentation of the source series (``<stem>_seg.dcm``,
+    :mod:`spinesegdiff.data.dicom_seg`) and the uncertainty a NIfTI ``<stem>_uncertainty.nii.gz``.
 
     Raises:
-        InputError: the output folder or a file cannot be written (the message names it).
+        InputError: the output folder or a file cannot be written (the message names it); ``dicom-seg`` for an
+            input that is not a DICOM series folder, or a series that changed since it was read.
     """
     out_dir = Path(out_dir)
     suffix = output_suffix(result.source, output_format)
@@ -529,12 +643,13 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
         "overlay": out_dir / f"{result.stem}_overlay.png",
         "report": out_dir / f"{result.stem}.json",
     }
-    write_labels = write_slicer_segmentation if suffix == SEGMENTATION_SUFFIX else write_image
+    levels = scan_levels(result.labels, result.prepared.grid, result.prepared.indices, image_zyx=result.image,
+                         uncertainty_zyx=result.uncertainty)  # named levels, measured (mid-sagittal slice)
     with staged_outputs(out_dir) as outputs:
         mark = time.perf_counter()
-        outputs.write(paths["segmentation"], lambda p: write_labels(p, result.labels, result.geometry))
+        outputs.write(paths["segmentation"], lambda p: _write_labels(p, result, suffix))
         outputs.write(paths["uncertainty"], lambda p: write_image(p, result.uncertainty, result.geometry))
-        outputs.write(paths["overlay"], lambda p: render_overlay(result, p))
+        outputs.write(paths["overlay"], lambda p: render_overlay(result, p, levels))
         result.timings["write_s"] = time.perf_counter() - mark
         report = {
             "input": None if result.source is None else str(result.source),
@@ -544,6 +659,7 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
             "acquisition_plane": result.prepared.grid.plane,
             "structures": result.statistics(),
             "quality": result.quality,
+            **levels.to_dict(),
             "timings_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.timings.items()},
             "citation": "SPIDER: van der Graaf et al., Scientific Data 11:264 (2024), CC BY 4.0",
         }

@@ -16,16 +16,31 @@ Backend = Literal["auto", "torch", "openvino"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 PRESEGMENTERS: tuple[str, ...] = ("none", "unet", "nnunet")
 """Presegmenter kinds: none (sample from noise), the built-in U-Net, an nnU-Net v2 2d model."""
-OUTPUT_FORMATS: tuple[str, ...] = (".nii.gz", ".mha", ".nrrd", ".nii", ".seg.nrrd")
-"""File formats ``predict`` writes its label and uncertainty images in (``.seg.nrrd``: a 3D Slicer segmentation,
-one named, coloured segment per structure; the uncertainty map beside it is a plain ``.nrrd``)."""
-_SCALAR_SUFFIXES = {".seg.nrrd": ".nrrd"}
+OUTPUT_FORMATS: tuple[str, ...] = (".nii.gz", ".mha", ".nrrd", ".nii", ".seg.nrrd", "dicom-seg")
+"""File formats ``predict`` writes its label and uncertainty images in (``--format`` takes them without the dot).
+Most are the label file's ending; ``.seg.nrrd`` is a 3D Slicer segmentation (one named, coloured segment per
+structure), and ``dicom-seg`` (named by what it holds: ``.dcm`` alone would not say) a DICOM Segmentation object
+``<stem>_seg.dcm`` of a DICOM series input. Beside a segmentation the uncertainty map is a scalar image
+(:func:`uncertainty_suffix`). docs/FORMATS.md says what each holds and which tool opens it."""
+NAMED_FORMATS: dict[str, str] = {"dicom-seg": ".dcm"}
+"""The formats of :data:`OUTPUT_FORMATS` named by what they hold, and the ending of their label file."""
+_SCALAR_SUFFIXES = {".seg.nrrd": ".nrrd", ".dcm": ".nii.gz"}
+
+
+def format_suffix(output_format: str) -> str | None:
+    """The ending of the label file of ``output_format``: ``nii.gz`` or ``.nii.gz`` -> ``.nii.gz``, ``dicom-seg``
+    -> ``.dcm``; ``None`` for a format not in :data:`OUTPUT_FORMATS`."""
+    if output_format in NAMED_FORMATS:
+        return NAMED_FORMATS[output_format]
+    suffix = output_format if output_format.startswith(".") else f".{output_format}"
+    return suffix if suffix in OUTPUT_FORMATS else None
 
 
 def uncertainty_suffix(suffix: str) -> str:
     """The ending of the uncertainty map written beside a label map ending in ``suffix`` (an output format).
 
-    A segmentation format holds labels only: the uncertainty beside a ``.seg.nrrd`` is a scalar ``.nrrd``.
+    A segmentation format holds labels only: the uncertainty beside a ``.seg.nrrd`` is a scalar ``.nrrd``, the
+    one beside a DICOM Segmentation (``.dcm``) a NIfTI ``.nii.gz``.
     """
     return _SCALAR_SUFFIXES.get(suffix, suffix)
 

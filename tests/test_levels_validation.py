@@ -1,0 +1,223 @@
+"""The level report in predict's outputs, and its validation against the gradings (evaluation/levels.py,
+``spinesegdiff evaluate-levels``): statistics worked out by hand, the JSON fields, the command's errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from levels_phantoms import spine_slice
+from predict_helpers import FAST, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
+from spinesegdiff.anatomy import LevelReport, draw_level_names, measure_levels
+from spinesegdiff.errors import InputError
+from spinesegdiff.evaluation.levels import (
+    MEASURES,
+    bootstrap_interval,
+    compare_patient,
+    level_adjusted,
+    read_gradings,
+    spearman,
+    summarise,
+)
+
+SHARED = Path(os.environ.get("SPINESEGDIFF_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def _strict(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-strict JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_spearman_by_hand() -> None:
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(1.5 / np.sqrt(1.5 * 2))  # average ranks for ties
+    assert spearman([4, 3, 2, 1], [1, 2, 3, 4]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 2], [2, 1])) and np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def _disc_row(patient: str, **values) -> dict:
+    row = {"patient": patient, "level": "L4-L5", "height_index": None, "height_mm": None, "signal_ratio": None,
+           "slip_mm": None, "narrowing": 0, "pfirrmann": 1, "spondylolisthesis": 0}
+    return {**row, **values}
+
+
+def test_auroc_counts_a_lower_height_index_as_narrowing() -> None:
+    statistic = MEASURES["height_index_auroc"][3]
+    rows = [_disc_row(str(k), height_index=h, narrowing=n) for k, (h, n) in
+            enumerate([(0.2, 1), (0.3, 0), (0.4, 1), (0.5, 0)])]
+    assert statistic(rows) == pytest.approx(0.75)  # 3 of the 4 positive-negative pairs ordered right
+    rows = [_disc_row(str(k), height_index=h, narrowing=n) for k, (h, n) in
+            enumerate([(0.2, 1), (0.3, 1), (0.4, 0), (0.5, 0), (0.6, None)])]
+    assert statistic([r for r in rows if r["narrowing"] is not None]) == pytest.approx(1.0)
+    slip = MEASURES["slip_auroc"][3]
+    assert slip([_disc_row("a", slip_mm=5.0, spondylolisthesis=1), _disc_row("b", slip_mm=-1.0),
+                 _disc_row("c", slip_mm=None, spondylolisthesis=1)]) == pytest.approx(1.0)
+    absolute = MEASURES["abs_slip_auroc"][3]
+    assert absolute([_disc_row("a", slip_mm=-5.0, spondylolisthesis=1), _disc_row("b", slip_mm=1.0)]) == 1.0
+
+
+def test_the_bootstrap_draws_patients_not_rows() -> None:
+    rows = [{"patient": "A"}, {"patient": "A"}, {"patient": "B"}]
+    low, high = bootstrap_interval(rows, lambda drawn: float(len(drawn)), resamples=2000, seed=1)
+    assert (low, high) == (2.0, 4.0)  # BB -> 2 rows, AB -> 3, AA -> 4; drawing rows would always give 3
+    assert bootstrap_interval(rows, lambda drawn: 0.5, resamples=100) == (0.5, 0.5)
+    assert np.isnan(bootstrap_interval(rows, lambda drawn: float("nan"), resamples=50)[0])
+
+
+def test_level_adjusted_index_uses_the_other_patients_only() -> None:
+    rows = [_disc_row("a", height_index=0.2), _disc_row("b", height_index=0.4), _disc_row("c", height_index=0.6)]
+    adjusted = [r["adjusted_index"] for r in level_adjusted(rows)]
+    assert adjusted == pytest.approx([0.2 / 0.5, 0.4 / 0.4, 0.6 / 0.3])
+
+
+def _report(ranks: list[int], slips: dict[int, float]) -> LevelReport:
+    discs = [{"level": f"D{r}", "rank": r, "height_mm": 5.0 + r, "height_index": 0.1 * r, "signal_ratio": 0.2,
+              "canal_ap_mm": 12.0} for r in ranks]
+    vertebrae = [{"level": f"V{r}", "rank": r, "slip_mm": slips.get(r), "slip_percent": None} for r in ranks]
+    return LevelReport(levels=None, discs=discs, vertebrae=vertebrae, note={"doubtful": False, "reason": None})
+
+
+def test_discs_are_matched_to_the_gradings_bottom_up() -> None:
+    graded = [{"label": 0, "narrowing": 1, "pfirrmann": 4, "spondylolisthesis": 0},
+              {"label": 1, "narrowing": 0, "pfirrmann": 2, "spondylolisthesis": 1}]
+    compared = compare_patient("107", _report([3, 1, 2], {2: 4.5}), graded)
+    assert compared.naming["named_discs"] == 3 and compared.naming["graded_discs"] == 2
+    assert compared.naming["agrees"] is False and compared.naming["all_graded_named"] is True
+    assert [r["level"] for r in compared.discs] == ["D1", "D2"]  # the lowest graded label meets the lowest disc
+    assert [r["ivd_label"] for r in compared.discs] == [0, 1]
+    assert compared.discs[1]["slip_mm"] == 4.5 and compared.discs[1]["spondylolisthesis"] == 1
+    short = compare_patient("9", _report([1], {}), graded)
+    assert short.discs[1]["level"] is None and short.naming["all_graded_named"] is False
+
+
+def test_summary_says_which_target_is_met() -> None:
+    naming = [{"patient": str(k), "agrees": k != 0, "all_graded_named": True, "doubtful": False} for k in range(4)]
+    discs = [_disc_row(str(k), height_index=0.1 + 0.1 * k, narrowing=int(k < 2), signal_ratio=1.0 - 0.2 * k,
+                       pfirrmann=k + 1, slip_mm=float(k), spondylolisthesis=int(k == 3)) for k in range(4)]
+    summary = summarise(naming, discs, resamples=200)
+    assert summary["naming_agreement"]["value"] == pytest.approx(0.75) and not summary["naming_agreement"]["met"]
+    assert summary["height_index_auroc"]["value"] == 1.0 and summary["height_index_auroc"]["met"]
+    assert summary["signal_spearman"]["value"] == pytest.approx(-1.0) and summary["signal_spearman"]["met"]
+    assert summary["slip_auroc"]["positives"] == 1 and summary["slip_auroc"]["met"]
+
+
+def test_gradings_that_are_not_spiders_are_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "gradings.csv"
+    bad.write_text("Patient,IVD label\n1,1\n")
+    with pytest.raises(InputError, match="gradings.csv: not SPIDER's radiological_gradings.csv"):
+        read_gradings(bad)
+    bad.write_text("Patient,IVD label,Disc narrowing,Pfirrman grade,Spondylolisthesis\n1,1,0,x,0\n")
+    with pytest.raises(InputError, match="line 2: a grading is not a whole number"):
+        read_gradings(bad)
+    with pytest.raises(InputError, match="cannot read the gradings"):
+        read_gradings(tmp_path / "missing.csv")
+
+
+def _levels_cli(*args: str) -> tuple[int, str, str]:
+    from spinesegdiff.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["evaluate-levels", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_evaluate_levels_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "meta").mkdir()
+    code, _, err = _levels_cli("--data", str(tmp_path / "nowhere"), "--metadata", str(tmp_path / "meta"),
+                               "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1 and "radiological_gradings.csv" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
+    data, metadata = SHARED / "spider-t2space", SHARED / "spider-metadata"
+    if not (data / "images" / "7_t2_SPACE.mha").exists() or not (metadata / "radiological_gradings.csv").exists():
+        pytest.skip(f"SPIDER data absent ({data}, {metadata})")
+    subset = tmp_path / "spider"
+    for folder in ("images", "masks"):
+        (subset / folder).mkdir(parents=True)
+        for patient in ("7", "209"):
+            (subset / folder / f"{patient}_t2_SPACE.mha").symlink_to(data / folder / f"{patient}_t2_SPACE.mha")
+    code, out, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out",
+                                 str(tmp_path / "report"), "--bootstrap", "50")
+    assert code == 0, err
+    summary = _strict((tmp_path / "report" / "summary.json").read_text())
+    naming = summary["sources"]["reference masks"]["naming_agreement"]
+    assert naming["value"] == 1.0 and naming["patients"] == 2  # 7 and 8 discs named and graded
+    assert "reference masks" in out and (tmp_path / "report" / "discs.csv").read_text().count("\n") == 7 + 8 + 1
+    code, _, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out", str(tmp_path / "r2"),
+                               "--runs", "runs/unet-fold0")
+    assert code == 2 and "{fold}" in err
+
+
+def test_overlay_names_are_drawn_beside_the_spine() -> None:
+    from matplotlib.figure import Figure
+
+    report = measure_levels(spine_slice())
+    axis = Figure().subplots()
+    draw_level_names(axis, report, 0.5, 0.6)
+    texts = {t.get_text(): t.get_position() for t in axis.texts}
+    assert {"L5-S1", "L5", "L1", "L1-L2"} <= set(texts)
+    levels = {lv.name: lv for lv in report.levels.levels}
+    for name, (col, row) in texts.items():
+        front = np.nonzero(report.levels.body(levels[name]) if levels[name].kind == "vertebra"
+                           else report.levels.mask(levels[name]))[1].min()
+        assert col < front and abs(row - levels[name].centroid_mm[0] / 0.5) < 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def test_predict_writes_the_level_lists_in_strict_json(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    switch_off_spine_judgement(monkeypatch)
+    scan = write_scan(tmp_path / "scan.mha")
+    result = predict("-i", str(scan), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
+    assert result.returncode == 0, result.stderr
+    report = _strict((tmp_path / "out" / "scan.json").read_text())
+    assert isinstance(report["discs"], list) and isinstance(report["vertebrae"], list)
+    assert set(report["levels"]) == {"named_from", "doubtful", "reason", "slice", "contrast"}
+
+
+def test_write_outputs_reports_the_phantoms_levels(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    from spinesegdiff.data.phantom import make_phantom
+    from spinesegdiff.pipelines.predict import segment, write_outputs
+    from spinesegdiff.pipelines.settings import SamplerSettings
+
+    switch_off_spine_judgement(monkeypatch)
+    phantom = make_phantom(shape=(3, 240, 200), spacing=(1.0, 1.0, 3.0), num_vertebrae=6, seed=1)
+    result = segment((phantom.image * 800, phantom.geometry), model=tiny_model, device="cpu", quiet=True,
+                     settings=SamplerSettings(num_samples=1, num_steps=1, fuse_steps=1))
+    result.labels = phantom.labels.copy()  # the phantom's own labels stand in for a trained model's
+    paths = write_outputs(result, tmp_path)
+    report = _strict(paths["report"].read_text())
+    assert [d["level"] for d in report["discs"]] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
+    assert [v["level"] for v in report["vertebrae"]] == ["L1", "L2", "L3", "L4", "L5", "S1"]
+    assert report["levels"]["slice"] == 1 and report["levels"]["named_from"] == "sacrum"
+    for disc in report["discs"]:
+        assert set(disc) >= {"level", "height_mm", "height_index", "signal_ratio", "canal_ap_mm", "uncertainty"}
+        assert 5.0 < disc["height_mm"] < 14.0
+    for vertebra in report["vertebrae"]:
+        assert set(vertebra) >= {"level", "height_mm", "slip_mm", "uncertainty"}
+
+
+def test_the_level_table_for_the_review_page() -> None:
+    from spinesegdiff.anatomy import level_table_html
+
+    report = measure_levels(spine_slice(slips={2: 6.0})).to_dict()
+    html = level_table_html(report)
+    order = [html.index(f"<td>{name}</td>") for name in ("L1", "L1-L2", "L2", "L2-L3", "L3", "L5", "L5-S1")]
+    assert order == sorted(order)  # top to bottom, vertebrae and discs alternating
+    assert "6 (" not in html and "<td>6, 16.7 %</td>" in html.replace("6.0", "6")
+    report["levels"]["doubtful"], report["levels"]["reason"] = True, "a <missing> disc"
+    assert "a &lt;missing&gt; disc" in level_table_html(report)
+    assert level_table_html({"discs": [], "vertebrae": []}) == ""
