@@ -90,13 +90,15 @@ def test_a_missing_disc_is_a_doubt_and_the_count_goes_on() -> None:
     assert [v["level"] for v in report.vertebrae] == ["L1", "L2", "L3", "L4", "L5"]
 
 
-def test_a_labelled_sacrum_is_s1_and_a_lumbar_looking_lowest_vertebra_is_doubtful() -> None:
+def test_a_labelled_sacrum_is_s1_and_a_lumbar_looking_lowest_vertebra_is_a_doubtful_l5() -> None:
     sacrum = measure_levels(spine_slice(lowest="sacrum"))
     assert sacrum.note["named_from"] == "sacrum" and sacrum.vertebrae[-1]["level"] == "S1"
     assert sacrum.discs[-1]["level"] == "L5-S1" and not sacrum.note["doubtful"]
-    plain = measure_levels(spine_slice(lowest="vertebra"))
-    assert plain.note["named_from"] == "sacrum" and plain.note["doubtful"] is True
-    assert "L5-S1 disc missed" in plain.note["reason"]
+    plain = measure_levels(spine_slice(lowest="vertebra"))  # no disc under an ordinary body: L5, its disc missed
+    assert plain.note["named_from"] == "lowest vertebra" and plain.note["doubtful"] is True
+    assert "L5-S1 disc not found" in plain.note["reason"]
+    assert [v["level"] for v in plain.vertebrae][-1] == "L5" and plain.discs[-1]["level"] == "L4-L5"
+    assert plain.vertebrae[-1]["slip_mm"] is None
 
 
 def test_a_small_lowest_disc_is_flagged_as_possibly_transitional() -> None:
@@ -188,8 +190,8 @@ def test_the_package_phantom_on_its_scan_grid() -> None:
 
     phantom, grid, slipped = report_of(2)
     _, _, aligned = report_of(None)
-    assert [v["level"] for v in slipped.vertebrae][-1] == "S1" and slipped.note["named_from"] == "sacrum"
-    assert slipped.note["doubtful"]  # the phantom's lowest vertebra is an ordinary body, not a sacrum
+    assert [v["level"] for v in slipped.vertebrae][-1] == "L5" and slipped.note["named_from"] == "lowest vertebra"
+    assert slipped.note["doubtful"]  # the phantom's lowest vertebra is an ordinary body with no disc beneath
     change = [s["slip_mm"] - a["slip_mm"] for s, a in zip(slipped.vertebrae[:3], aligned.vertebrae[:3],
                                                             strict=True)]
     assert change[2] == pytest.approx(-6.0, abs=1.0)  # the third vertebra moved 6 mm back out of line
@@ -198,7 +200,7 @@ def test_the_package_phantom_on_its_scan_grid() -> None:
     assert codes.shape == phantom.labels.shape
     central_codes = native_slice(codes, grid, grid.central_index)
     central_labels = native_slice(phantom.labels, grid, grid.central_index)
-    assert set(np.unique(central_codes[central_labels == DISC])) == {201, 202, 203, 204, 205}
+    assert set(np.unique(central_codes[central_labels == DISC])) == {202, 203, 204, 205, 206}
     assert set(np.unique(central_codes[central_labels == 1])) == {100}
 
 
@@ -226,3 +228,14 @@ def test_a_real_case_names_as_many_discs_as_the_radiologists_graded() -> None:
     assert report.discs[-1]["level"] == "L5-S1" and not report.note["doubtful"]
     assert all(3.0 < d["height_mm"] < 15.0 for d in report.discs)
     assert all(20.0 < v["height_mm"] < 35.0 for v in report.vertebrae if not v["partial"])
+
+
+def test_volume_results_report_levels_on_the_mid_sagittal_slice() -> None:
+    from spinesegdiff.data.phantom import make_phantom
+    from spinesegdiff.data.preprocess import plan_grid
+
+    phantom = make_phantom(shape=(5, 200, 160), spacing=(1.0, 1.0, 3.0), num_vertebrae=5, seed=2)
+    grid = plan_grid(phantom.image.shape, phantom.geometry)
+    report = scan_levels(phantom.labels, grid, list(range(grid.num_sagittal)), image_zyx=phantom.image)
+    assert report.note["slice"] == grid.central_index == 2
+    assert scan_levels(phantom.labels, grid, [0, 4, 3]).note["slice"] == 3  # the nearest segmented slice

@@ -200,9 +200,9 @@ def test_write_outputs_reports_the_phantoms_levels(tiny_model: Path, tmp_path: P
     result.labels = phantom.labels.copy()  # the phantom's own labels stand in for a trained model's
     paths = write_outputs(result, tmp_path)
     report = _strict(paths["report"].read_text())
-    assert [d["level"] for d in report["discs"]] == ["L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1"]
-    assert [v["level"] for v in report["vertebrae"]] == ["L1", "L2", "L3", "L4", "L5", "S1"]
-    assert report["levels"]["slice"] == 1 and report["levels"]["named_from"] == "sacrum"
+    assert [d["level"] for d in report["discs"]] == ["T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5"]
+    assert [v["level"] for v in report["vertebrae"]] == ["T12", "L1", "L2", "L3", "L4", "L5"]
+    assert report["levels"]["slice"] == 1 and report["levels"]["named_from"] == "lowest vertebra"
     for disc in report["discs"]:
         assert set(disc) >= {"level", "height_mm", "height_index", "signal_ratio", "canal_ap_mm", "uncertainty"}
         assert 5.0 < disc["height_mm"] < 14.0
@@ -217,7 +217,8 @@ def test_the_level_table_for_the_review_page() -> None:
     html = level_table_html(report)
     order = [html.index(f"<td>{name}</td>") for name in ("L1", "L1-L2", "L2", "L2-L3", "L3", "L5", "L5-S1")]
     assert order == sorted(order)  # top to bottom, vertebrae and discs alternating
-    assert "6 (" not in html and "<td>6, 16.7 %</td>" in html.replace("6.0", "6")
+    assert ('<tr class="vertebra"><td>L3</td><td>25</td><td>&ndash;</td><td>&ndash;</td><td>&ndash;</td>'
+            "<td>6, 16.7 %</td></tr>") in html
     report["levels"]["doubtful"], report["levels"]["reason"] = True, "a <missing> disc"
     assert "a &lt;missing&gt; disc" in level_table_html(report)
     assert level_table_html({"discs": [], "vertebrae": []}) == ""

@@ -83,7 +83,7 @@ def test_read_cases_reads_reports_finds_scans_and_flags_what_is_missing(tmp_path
     collection = read_cases(out)
     by_name = {c.case: c for c in collection.cases}
     assert sorted(by_name) == ["calm", "lost", "odd", "stack", "worst"]
-    assert by_name["calm"].image == (out / "scans" / "calm.mha").resolve()  # recorded relative to OUT
+    assert by_name["calm"].image == out / "scans" / "calm.mha"  # recorded relative to OUT
     assert by_name["lost"].image is None and by_name["lost"].flags == ("image not found",)
     assert by_name["lost"].export_path == "scans/lost.mha"  # as recorded when not found
     assert by_name["stack"].mode == "volume" and by_name["stack"].slices == (0, 1, 2)
@@ -101,12 +101,16 @@ def test_a_scan_recorded_by_absolute_path_or_from_the_working_directory_is_found
     out = tmp_path / "out"
     write_result(out, "far", image="absolute")
     case = read_cases(out).cases[0]
-    assert case.image == (out / "scans" / "far.mha").resolve() and case.flags == ()
+    assert case.image == out / "scans" / "far.mha" and case.flags == ()
     report = json.loads((out / "far.json").read_text())
     report["input"] = "out/scans/far.mha"  # relative to where predict ran
     (out / "far.json").write_text(json.dumps(report))
     monkeypatch.chdir(tmp_path)
-    assert read_cases(out).cases[0].image == (out / "scans" / "far.mha").resolve()
+    assert read_cases(out).cases[0].image == out / "scans" / "far.mha"
+    (tmp_path / "link.mha").symlink_to(out / "scans" / "far.mha")
+    report["input"] = "link.mha"
+    (out / "far.json").write_text(json.dumps(report))
+    assert read_cases(out).cases[0].export_path == str(tmp_path / "link.mha")  # the path the user gave, link kept
 
 
 def test_outputs_missing_or_outside_the_folder_are_flagged(tmp_path: Path) -> None:
@@ -301,7 +305,7 @@ def test_the_page_lists_every_case_most_doubtful_first_with_its_data(tmp_path: P
     data = json.loads(parsed.data_text)
     assert [c["id"] for c in data["cases"]] == ["worst", "odd", "lost", "stack", "calm"]
     assert data["storageKey"] == str(out.resolve()) and data["columns"][:4] == ["path", "case", "decision", "note"]
-    assert data["cases"][0]["path"] == str((out / "scans" / "worst.mha").resolve())
+    assert data["cases"][0]["path"] == str(out / "scans" / "worst.mha")
     text = page.path.read_text()
     assert "Okabe-Ito" in text and "cividis" in text and "van der Graaf" in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), "the page must not load anything remote"
@@ -528,6 +532,12 @@ def test_review_command_prints_the_page_and_the_most_doubtful_cases(tmp_path: Pa
     assert opened == [(out / "review.html").resolve().as_uri()]
 
 
+def test_review_command_refuses_no_workers(tmp_path: Path) -> None:
+    write_result(tmp_path / "out", "a")
+    result = run_cli("review", str(tmp_path / "out"), "--jobs", "0")
+    assert (result.returncode, result.stderr) == (2, "spinesegdiff: error: --jobs must be at least 1, got 0\n")
+
+
 @pytest.mark.parametrize("name", ["missing", "empty"])
 def test_review_command_refuses_a_folder_without_results_in_one_line(tmp_path: Path, name: str) -> None:
     folder = tmp_path / name
@@ -560,8 +570,33 @@ def test_review_of_a_real_predict_run(tmp_path: Path, monkeypatch) -> None:
         summary = {Path(row["input"]).stem: row for row in csv.DictReader(handle)}
     for stem in ("p0", "p1"):
         assert by_name[stem].uncertainty_mean == pytest.approx(float(summary[stem]["uncertainty_mean"]))
-        assert by_name[stem].image == (scans / f"{stem}.mha").resolve()
+        assert by_name[stem].image == scans / f"{stem}.mha"
     data = page_data(page.path)
     drawn = next(c for c in data["cases"] if c["id"] == "p0")
     folder = tmp_path / "out" / unquote(drawn["layers"]["dir"])
     assert (folder / f"image-{drawn['layers']['initial']}.png").is_file()
+
+
+def test_review_of_a_dicom_seg_run_draws_what_the_nifti_run_draws(tmp_path: Path, monkeypatch) -> None:
+    """predict --format dicom-seg and --format nii.gz of one DICOM series (same seed): the same label layers."""
+    dicom_helpers = pytest.importorskip("dicom_helpers")
+    from predict_helpers import FAST, predict, switch_off_spine_judgement, tiny_checkpoint
+    from predict_helpers import SHAPE as SCAN_SHAPE
+    from spinesegdiff.data.phantom import make_phantom
+
+    switch_off_spine_judgement(monkeypatch)
+    phantom = make_phantom(seed=0, **SCAN_SHAPE)
+    series = dicom_helpers.write_mr_series(tmp_path / "mr", (phantom.image * 800).astype(np.int16),
+                                           phantom.geometry)
+    model = tiny_checkpoint(tmp_path / "tiny.pt")
+    layers = {}
+    for name in ("nii.gz", "dicom-seg"):
+        result = predict("-i", str(series.folder), "-o", str(tmp_path / name), "--model", str(model), "--preseg",
+                         "none", "--format", name, "--seed", "4", *FAST)
+        assert result.returncode == 0, result.stderr
+        case = page_data(build_review(tmp_path / name).path)["cases"][0]
+        assert case["flags"] == [] and case["layers"]["image"] is True
+        folder = tmp_path / name / unquote(case["layers"]["dir"])
+        layers[name] = png(folder / f"labels-{case['layers']['initial']}.png")
+    assert layers["nii.gz"][..., 3].any()
+    assert np.array_equal(layers["dicom-seg"], layers["nii.gz"])

@@ -16,13 +16,19 @@ from spinesegdiff.anatomy.sagittal import SagittalSlice
 
 @dataclass(frozen=True)
 class Component:
-    """One connected piece of a mask: its pixels, centroid ``(row_mm, col_mm)``, area and border contact."""
+    """One connected piece of a mask: where it lies (``box`` slices and its ``local`` mask inside them), its
+    centroid ``(row_mm, col_mm)``, area and contact with the image border."""
 
-    mask: np.ndarray
+    box: tuple[slice, slice]
+    local: np.ndarray
     centroid_mm: np.ndarray
     area_mm2: float
     touches_border: bool
     touches_bottom: bool
+
+    def paint(self, target: np.ndarray, value: int) -> None:
+        """Set the piece's pixels of ``target`` (same shape as the mask it came from) to ``value``."""
+        target[self.box][self.local] = value
 
 
 def components(mask: np.ndarray, scan: SagittalSlice) -> list[Component]:
@@ -31,11 +37,12 @@ def components(mask: np.ndarray, scan: SagittalSlice) -> list[Component]:
     found = []
     last_row, last_col = mask.shape[0] - 1, mask.shape[1] - 1
     for k, box in enumerate(ndimage.find_objects(labelled), start=1):
-        piece = labelled == k
-        rows, cols = np.nonzero(piece[box])
+        local = labelled[box] == k
+        rows, cols = np.nonzero(local)
         rows, cols = rows + box[0].start, cols + box[1].start
         found.append(Component(
-            mask=piece,
+            box=box,
+            local=local,
             centroid_mm=np.array([rows.mean() * scan.row_mm, cols.mean() * scan.col_mm]),
             area_mm2=float(rows.size * scan.pixel_area_mm2),
             touches_border=bool(box[0].start == 0 or box[1].start == 0 or box[0].stop - 1 == last_row

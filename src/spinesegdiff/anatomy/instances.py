@@ -10,7 +10,8 @@ posterior elements included, and leave the sacrum unlabelled. So:
    disc pieces are placed on it, and pieces of one gap between bodies closer than :data:`SAME_DISC_MM`
    along it are one disc (a herniated or split disc stays one level);
 3. naming walks the alternating sequence from the bottom: a lowest *disc* is L5-S1 (the sacrum is
-   unlabelled); a lowest *vertebra* with no disc beneath it is taken as the sacrum (S1);
+   unlabelled); a lowest *vertebra* with no disc beneath it is the sacrum (S1) when clearly larger than the
+   other bodies, else L5 whose L5-S1 disc was not found (a doubt);
 4. every other vertebra pixel (posterior elements, fragments) joins the body it lies nearest to, every disc
    fragment the nearest disc: the instances' union is exactly the semantic class mask.
 
@@ -79,8 +80,9 @@ class SpineLevels:
         anterior: ``(rows, cols)`` bool: pixels in front of the spinal canal (a vertebra's body is its part
             there; all ``True`` when there is no canal).
         levels: every instance, top to bottom.
-        named_from: ``sacrum`` (a labelled lowest vertebra), ``lowest disc`` (L5-S1 above an unlabelled
-            sacrum), or ``none``.
+        named_from: ``lowest disc`` (L5-S1 above an unlabelled sacrum), ``sacrum`` (a labelled lowest vertebra,
+            larger than the others), ``lowest vertebra`` (taken as L5, its L5-S1 disc not found: doubtful), or
+            ``none``.
         doubtful: whether the count may be wrong; ``reasons`` say why (empty when not doubtful).
     """
 
@@ -184,8 +186,14 @@ def _mark_small_end_bodies(bodies: list[_Element]) -> None:
             end.partial = True
 
 
-def _bottom_doubts(elements: list[_Element]) -> tuple[str, list[str]]:
-    """Where naming starts (``sacrum`` or ``lowest disc``) and the doubts about the bottom of the spine."""
+def _bottom(elements: list[_Element]) -> tuple[str, int, list[str]]:
+    """Where naming starts: ``(named_from, position of the lowest element, doubts)``.
+
+    Positions run S1 = 0, L5-S1 = 1, L5 = 2, ... (see :func:`_name`). A lowest disc is L5-S1. A lowest vertebra
+    with no disc beneath is the sacrum (S1) when it is clearly larger than the other bodies; otherwise it is
+    taken as L5 whose L5-S1 disc was not found (the masks the models learn from never label the sacrum), which
+    is a doubt.
+    """
     lowest = elements[-1]
     same_kind = [e.area_mm2 for e in elements[:-1] if e.kind == lowest.kind and not e.partial]
     median = float(np.median(same_kind)) if same_kind else None
@@ -197,23 +205,23 @@ def _bottom_doubts(elements: list[_Element]) -> tuple[str, list[str]]:
         if median and lowest.area_mm2 < RUDIMENTARY_DISC_RATIO * median:
             doubts.append(f"the lowest disc is small ({lowest.area_mm2:.0f} mm^2, median {median:.0f}): it may "
                           "be the rudimentary disc of a transitional vertebra")
-        return "lowest disc", doubts
-    if median is None or lowest.area_mm2 < SACRUM_AREA_RATIO * median:
-        where = " and is cut by the image's lower edge" if cut else ""
-        return "sacrum", [f"the lowest vertebra has no disc beneath{where} and is no larger than a lumbar body: "
-                          "it may be L5 with its L5-S1 disc missed, or the sacrum may be out of view"]
-    return "sacrum", []
+        return "lowest disc", 1, doubts
+    if median is not None and lowest.area_mm2 >= SACRUM_AREA_RATIO * median:
+        return "sacrum", 0, []
+    where = ", is cut by the image's lower edge," if cut else ""
+    return "lowest vertebra", 2, [f"the lowest vertebra has no disc beneath{where} and is no larger than a lumbar "
+                                  "body: taken as L5 with its L5-S1 disc not found (it may instead be the sacrum)"]
 
 
-def _name(elements: list[_Element]) -> tuple[list[int | None], list[str]]:
+def _name(elements: list[_Element], start: int) -> tuple[list[int | None], list[str]]:
     """Ranks bottom-up along the alternating sequence; a break in the alternation skips a rank and is a doubt.
 
     Position ``p`` in the sequence S1, L5-S1, L5, L4-L5, ...: even ``p`` is vertebra rank ``p / 2``, odd ``p``
-    disc rank ``(p + 1) / 2``.
+    disc rank ``(p + 1) / 2``; the lowest element is at ``start``.
     """
     ranks: list[int | None] = [None] * len(elements)
     doubts = []
-    p = 0 if elements[-1].kind == "vertebra" else 1
+    p = start
     for k in range(len(elements) - 1, -1, -1):
         element = elements[k]
         expected = "vertebra" if p % 2 == 0 else "disc"
@@ -234,12 +242,11 @@ def _attach(instance_map: np.ndarray, pieces: np.ndarray, targets: list[int], sc
         return
     candidates = np.where(np.isin(instance_map, targets), instance_map, 0)
     nearest, distance = nearest_label(candidates, scan)
-    labelled, count = ndimage.label(pieces)
-    for k in range(1, count + 1):
-        inside = labelled == k
-        near = distance[inside] <= np.quantile(distance[inside], 0.1)
-        votes = nearest[inside][near]
-        instance_map[inside] = np.bincount(votes).argmax()
+    labelled, _ = ndimage.label(pieces)
+    for k, box in enumerate(ndimage.find_objects(labelled), start=1):
+        inside = labelled[box] == k
+        near = distance[box][inside] <= np.quantile(distance[box][inside], 0.1)
+        instance_map[box][inside] = np.bincount(nearest[box][inside][near]).argmax()
 
 
 def _build(scan: SagittalSlice, elements: list[_Element],
@@ -249,7 +256,7 @@ def _build(scan: SagittalSlice, elements: list[_Element],
     levels = []
     for label, (element, rank) in enumerate(zip(elements, ranks, strict=True), start=1):
         for piece in element.pieces:
-            instance_map[piece.mask] = label
+            piece.paint(instance_map, label)
         name = None if rank is None else (vertebra_name(rank) if element.kind == "vertebra" else disc_name(rank))
         centroid = element.centroid_mm
         levels.append(Level(kind=element.kind, label=label, rank=rank, name=name, partial=element.partial,
@@ -268,6 +275,14 @@ def _build(scan: SagittalSlice, elements: list[_Element],
     return instance_map, tuple(levels)
 
 
+def _spine_axis(scan: SagittalSlice, bodies: list[_Element]) -> SpineAxis:
+    """The axis through the bodies' centroids; without bodies, a vertical line through the spine's pixels."""
+    if bodies:
+        return SpineAxis(np.array([b.pieces[0].centroid_mm for b in bodies]))
+    spine = scan.disc | scan.vertebra
+    return SpineAxis(scan.points_mm(spine).mean(axis=0, keepdims=True) if spine.any() else np.zeros((1, 2)))
+
+
 def identify_levels(scan: SagittalSlice) -> SpineLevels:
     """Split the slice's vertebrae and discs into instances and name them from the sacrum up.
 
@@ -280,9 +295,7 @@ def identify_levels(scan: SagittalSlice) -> SpineLevels:
         anterior = np.ones(scan.labels.shape, dtype=bool)
         doubts.append("no spinal canal: vertebral bodies cannot be told from posterior elements")
     bodies = sorted(_bodies(scan, anterior), key=lambda b: b.pieces[0].centroid_mm[0])
-    axis = SpineAxis(np.array([b.pieces[0].centroid_mm for b in bodies]) if bodies
-                     else scan.points_mm(scan.disc | scan.vertebra).mean(axis=0, keepdims=True)
-                     if (scan.disc | scan.vertebra).any() else np.zeros((1, 2)))
+    axis = _spine_axis(scan, bodies)
     for element in bodies:
         element.position = axis.position(element.pieces[0].centroid_mm)
     _mark_small_end_bodies(bodies)
@@ -293,8 +306,8 @@ def identify_levels(scan: SagittalSlice) -> SpineLevels:
         ranks: list[int | None] = [None] * len(elements)
         named_from = "none"
     else:
-        named_from, bottom_doubts = _bottom_doubts(elements)
-        ranks, walk_doubts = _name(elements)
+        named_from, start, bottom_doubts = _bottom(elements)
+        ranks, walk_doubts = _name(elements, start)
         doubts += bottom_doubts + walk_doubts
     instance_map, levels = _build(scan, elements, ranks)
     return SpineLevels(instance_map=instance_map, anterior=anterior, levels=levels, named_from=named_from,

@@ -4,19 +4,21 @@ Every length is measured along the structure's own axes, not the image rows, so 
 reads true:
 
 * **disc height**: the disc's principal axes give its frame (long axis anterior-posterior, short axis along
-  the spine); the height at a position is the disc area in a strip :func:`strip_mm` wide across the disc,
-  divided by the strip's width; the disc height is the mean of the anterior, middle and posterior heights
+  the spine); the height at a position is the disc's pixel count in a strip :func:`strip_mm` wide across the
+  disc over the strip's pixel count per mm of length; the disc height is the mean of the anterior, middle and
+  posterior heights
   (strips centred :data:`EDGE_SHARE` of the disc's length in from each end, and at its middle);
 * **vertebral body height**: the same on the body (the vertebra in front of the canal), in the frame of the
   adjacent discs (their mean short axis), or the body's own principal axis nearest the image's vertical;
 * **disc height index**: disc height over the mean height of the adjacent whole bodies;
-* **canal AP diameter** at a disc: the canal's area in a strip through the disc's centre along its long axis,
-  behind the disc, over the strip's width;
+* **canal AP diameter** at a disc: the canal's extent in a strip through the disc's centre along its long
+  axis, behind the disc (pixel count over pixels per mm, as for heights);
 * **disc signal ratio**: mean intensity of the disc's nucleus (its central half, one pixel in from its edge)
   over the mean canal (CSF) intensity behind it; only when the slice's contrast is T2-like (:func:`is_t2_like`);
 * **slip** of a vertebra over the one below: in the disc's frame, the offset of the posterior edge of the
-  upper body's lowest band over the lower body's top band (positive: anterior, mm and % of the lower endplate's
-  length); against the disc's lower surface where the lower vertebra is the unlabelled sacrum.
+  upper body's lower endplate band over the lower body's upper endplate band (:func:`endplate_band`; positive:
+  anterior, mm and % of the lower endplate's length); against the disc's lower surface where the lower
+  vertebra is the unlabelled sacrum.
 
 Uncertainty: each measure is also taken on the *confident* pixels (entropy below :data:`UNCERTAIN_ENTROPY`)
 and on the *generous* ones (adding the uncertain pixels, of any class, within :data:`UNCERTAIN_REACH_MM`);
@@ -38,7 +40,9 @@ from spinesegdiff.anatomy.sagittal import INFERIOR, Frame, SagittalSlice, orient
 UNCERTAIN_ENTROPY = 0.4
 """Normalised entropy from which a pixel counts as uncertain (a 70/30 split between two classes is 0.44)."""
 UNCERTAIN_REACH_MM = 2.0
+"""How far from a structure its uncertain rim is searched for the generous pixel set."""
 EDGE_SHARE = 0.2
+"""The anterior and posterior heights are taken this share of the structure's length in from its ends."""
 STRIP_MM = 3.0
 ENDPLATE_BAND_MM = 5.0
 ENDPLATE_REACH_MM = 4.0
@@ -102,9 +106,9 @@ class Variants:
     """The three pixel sets of a structure: as segmented, confident only, and with its uncertain rim."""
 
     scan: SagittalSlice
-    levels: SpineLevels
 
     def all(self) -> tuple[Variant, ...]:
+        """The pixel-set functions: as segmented, then (with a heatmap) confident, then generous."""
         if self.scan.uncertainty is None:
             return (lambda mask: mask,)
         uncertain = self.scan.uncertainty >= UNCERTAIN_ENTROPY
@@ -130,6 +134,7 @@ def span(values: list[float | None]) -> list[float] | None:
 
 
 def disc_frame(scan: SagittalSlice, levels: SpineLevels, disc: Level) -> Frame:
+    """The disc's own frame: its long principal axis points anterior, its short one inferior."""
     return principal_frame(scan.points_mm(levels.mask(disc)))
 
 
@@ -215,6 +220,6 @@ def slip(upper: np.ndarray, lower: np.ndarray, frame: Frame) -> tuple[float, flo
     upper_along, _ = frame.coordinates(upper)
     lower_along, _ = frame.coordinates(lower)
     back_upper, back_lower = np.percentile(upper_along, 2), np.percentile(lower_along, 2)
-    length = np.percentile(lower_along, 98) - back_lower
+    length = float(np.ptp(lower_along))  # the lower endplate's length, end to end
     offset = float(back_upper - back_lower)
     return offset, float(100 * offset / length) if length > 0 else float("nan")

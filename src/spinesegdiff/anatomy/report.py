@@ -128,7 +128,7 @@ def _disc_entry(scan: SagittalSlice, levels: SpineLevels, variants: m.Variants, 
 def measure_levels(scan: SagittalSlice) -> LevelReport:
     """Name the slice's levels (:func:`~spinesegdiff.anatomy.instances.identify_levels`) and measure each."""
     levels = identify_levels(scan)
-    variants = m.Variants(scan, levels)
+    variants = m.Variants(scan)
     frames = {d.label: m.disc_frame(scan, levels, d) for d in levels.discs}
     vertebrae = [_vertebra_entry(scan, levels, variants, v, frames) for v in levels.vertebrae]
     body_heights = {v.rank: e["height_mm"] for v, e in zip(levels.vertebrae, vertebrae, strict=True)
@@ -230,7 +230,8 @@ def level_table_html(report: Mapping[str, Any]) -> str:
         name = escape(str(entry.get("level") or "unnamed")) + (" (partial)" if entry.get("partial") else "")
         slip = "" if kind == "disc" else _cell(entry.get("slip_mm"), "", spans.get("slip_mm")) + (
             f", {entry['slip_percent']:g} %" if entry.get("slip_percent") is not None else "")
-        lines.append(f"<tr class=\"{kind}\"><td>{name}</td><td>{_cell(entry.get('height_mm'), '', spans.get('height_mm'))}"
+        height = _cell(entry.get("height_mm"), "", spans.get("height_mm"))
+        lines.append(f"<tr class=\"{kind}\"><td>{name}</td><td>{height}"
                      f"</td><td>{_cell(entry.get('height_index'))}</td><td>{_cell(entry.get('signal_ratio'))}</td>"
                      f"<td>{_cell(entry.get('canal_ap_mm'), '', spans.get('canal_ap_mm'))}</td><td>{slip}</td></tr>")
     lines.append("</table>")

@@ -32,7 +32,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              volume=args.volume, output_format=args.format, quiet=args.quiet,
                              progress=not args.quiet, shard=shard, skip_existing=args.skip_existing,
                              summary=True if args.summary else None, input_list=args.input_list,
-                             where=parse_where(args.where), engine=engine_choice(args))
+                             where=parse_where(args.where), engine=engine_choice(args),
+                             keep_all_parts=args.keep_all_parts, slice_index=args.slice)
     failures = attempted = 0
     for outcome in outcomes:
         if outcome.note is not None:  # an input left out (a label map, an earlier output), a complete set
@@ -71,6 +72,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slice_option(text: str) -> int | str:
+    if text.strip().lower() in ("centre", "center"):
+        return "centre"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a slice number or centre, got {text!r}") from None
+
+
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     pr = commands.add_parser("predict", help="segment scans (.mha, .nii.gz, .nrrd, DICOM, or a folder of them)")
     scans = pr.add_mutually_exclusive_group(required=True)
@@ -86,8 +96,15 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
                     help="output folder (may be the input folder: inputs are never overwritten)")
     pr.add_argument("--model", type=Path, help="checkpoint or run folder (default: the shipped compact model)")
     add_device_option(pr)
-    pr.add_argument("--volume", action="store_true", help="segment every sagittal slice, not only the central one")
+    pr.add_argument("--volume", action="store_true", help="segment every sagittal slice, not only one")
+    pr.add_argument("--slice", type=_slice_option, metavar="N|centre",
+                    help="the sagittal slice to segment (0-based, left to right), or centre; default: the "
+                         "mid-sagittal slice chosen by anatomy (widest canal, spinous processes) near the centre")
     pr.add_argument("--format", help=output_format_help())
+    pr.add_argument("--keep-all-parts", action="store_true",
+                    help="keep every predicted part, also those that cannot belong to the spine (by default parts "
+                         "far from the spinal column, a canal in front of it and fragments under 20 mm^2 are "
+                         "removed; the JSON says how much)")
     add_sampler_options(pr)
     add_preseg_options(pr)
     add_cohort_options(pr)

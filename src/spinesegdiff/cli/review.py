@@ -18,8 +18,11 @@ def _doubt(case) -> str:
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
+    from spinesegdiff.errors import InputError
     from spinesegdiff.review import build_review
 
+    if args.jobs < 1:
+        raise InputError(None, f"--jobs must be at least 1, got {args.jobs}")
     page = build_review(args.output, workers=args.jobs)
     for note in page.notes:
         print(f"spinesegdiff: note: {note}", file=sys.stderr)

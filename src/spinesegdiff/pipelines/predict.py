@@ -30,6 +30,7 @@ from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 from spinesegdiff.data.preprocess import (
     PreparedScan,
     native_slice,
+    plan_grid,
     prepare_scan,
     restore_probabilities,
     slices_to_volume,
@@ -58,6 +59,8 @@ from spinesegdiff.pipelines.inputs import (
     scan_list_inputs,
     select_shard,
 )
+from spinesegdiff.pipelines.midline import SliceChoice, candidate_slices, choose_slice
+from spinesegdiff.pipelines.plausibility import plausible_probabilities
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
@@ -146,14 +149,19 @@ class LoadedScan:
     geometry: Geometry
     prepared: PreparedScan
     timings: dict[str, float]
+    slice_choice: SliceChoice | None = None
 
 
-def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool = False) -> LoadedScan:
+def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool = False,
+              slice_index: int | str | None = None) -> LoadedScan:
     """Read and preprocess a scan, refusing what the model cannot segment.
 
     Args:
         image: a path (.mha, .nii(.gz), .nrrd, DICOM folder) or ``(array_zyx, geometry)``.
         volume: every sagittal slice instead of the central one.
+        slice_index: the sagittal slice to segment (0-based, along the left-right axis of the RAS+ reoriented
+            scan; ``"centre"``: the central one) instead of the one :func:`segment_loaded` chooses by anatomy;
+            refused with ``volume``.
 
     Raises:
         MissingInputError, InputError: unreadable, truncated, non-3D, axial/coronal, too small, NaN or constant
@@ -170,25 +178,61 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
         stem = image_stem(source)
     read_seconds = time.perf_counter() - started
     mark = time.perf_counter()
-    prepared = prepare_scan(array, geometry, slices="all" if volume else "central", source=source)
+    grid = plan_grid(array.shape, geometry)
+    choice = _first_choice(grid, volume, slice_index, source)
+    prepared = prepare_scan(array, geometry, slices="all" if volume else [choice.index], source=source)
     check_field_of_view(prepared, source)
-    central = prepared.grid.central_index
+    central = prepared.grid.central_index if choice is None else choice.index
     check_slice_signal(native_slice(array, prepared.grid, central), central, source)
     timings = {"read_s": read_seconds, "preprocess_s": time.perf_counter() - mark}
-    return LoadedScan(source=source, stem=stem, image=array, geometry=geometry, prepared=prepared, timings=timings)
+    return LoadedScan(source=source, stem=stem, image=array, geometry=geometry, prepared=prepared, timings=timings,
+                      slice_choice=choice)
 
 
-def segment_loaded(scan: LoadedScan, segmenter: Segmenter) -> ScanSegmentation:
+def _first_choice(grid, volume: bool, slice_index: int | str | None, source: Path | None) -> SliceChoice | None:
+    """The user's slice, or the centre until :func:`segment_loaded` looks at the anatomy; ``None`` for a volume."""
+    if volume:
+        if slice_index is not None:
+            raise SpineSegDiffError("--slice names one slice; --volume segments them all: choose one of the two")
+        return None
+    if slice_index is None:
+        return SliceChoice(grid.central_index, "centre", "the central sagittal slice of the series")
+    if slice_index in ("centre", "center"):
+        return SliceChoice(grid.central_index, "user", f"--slice {slice_index}: the central sagittal slice")
+    if not 0 <= slice_index < grid.num_sagittal:
+        raise InputError(source, f"--slice {slice_index}: the scan has {grid.num_sagittal} sagittal slices "
+                                 f"(0..{grid.num_sagittal - 1})")
+    return SliceChoice(slice_index, "user", f"--slice {slice_index}")
+
+
+def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bool = False,
+                   progress: bool | None = None) -> ScanSegmentation:
     """Sample the model-grid slices of a loaded scan and put the result back on its own grid.
 
-    The central segmented slice is judged by :func:`~spinesegdiff.pipelines.checks.spine_quality`: a doubtful
-    result is returned with a :class:`~spinesegdiff.pipelines.checks.QualityWarning`, an implausible one (no
-    spine) raises :class:`InputError`.
+    ``progress``: a progress bar per slice on stderr for a volume (``None``: unless the segmenter was loaded
+    ``quiet``); the JSON timings hold ``sample_s_per_slice``.
+
+    Parts that cannot belong to the spine (far from the column, a canal in front of it, tiny fragments) are
+    removed (:mod:`~spinesegdiff.pipelines.plausibility`) unless ``keep_all_parts``; what was removed is
+    reported under ``settings["plausibility"]``. The central segmented slice is judged by
+    :func:`~spinesegdiff.pipelines.checks.spine_quality`: a doubtful result is returned with a
+    :class:`~spinesegdiff.pipelines.checks.QualityWarning`, an implausible one (no spine) raises
+    :class:`InputError`.
     """
     timings = dict(scan.timings)
+    choice = scan.slice_choice
+    if choice is not None and choice.chosen_by == "centre" and segmenter.presegmenter is not None:
+        mark = time.perf_counter()
+        scan, choice = _at_midline(scan, segmenter.presegmenter)
+        timings["midline_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    result = segmenter.segment(scan.prepared.images)
+    result = _sample_slices(scan.prepared.images, segmenter, progress)
     timings["sample_s"] = time.perf_counter() - mark
+    timings["sample_s_per_slice"] = timings["sample_s"] / len(scan.prepared.images)  # not summed: no "_s" ending
+    cleanup = None
+    if not keep_all_parts:
+        probabilities, kept, cleanup = plausible_probabilities(result.class_probabilities, result.labels)
+        result = dataclasses.replace(result, class_probabilities=probabilities, labels=kept)
     mark = time.perf_counter()
     prepared, grid = scan.prepared, scan.prepared.grid
     labels_2d = np.stack([restore_probabilities(p, grid).argmax(axis=0).astype(np.uint8)
@@ -207,13 +251,39 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter) -> ScanSegmentation:
         "model": segmenter.model_name,
         "variant": segmenter.model_config.variant,
         "device": str(segmenter.device),
-        "mode": "central slice" if len(prepared.indices) == 1 and prepared.indices[0] == grid.central_index
-        else "volume",
+        "mode": "volume" if choice is None else "central slice",  # the paper's 2D setting: one sagittal slice
+        "slice": None if choice is None else choice.to_dict(),
         "sampler": segmenter.describe(),
+        "plausibility": "off (--keep-all-parts)" if cleanup is None else cleanup.to_dict(),
     }
     return ScanSegmentation(source=scan.source, stem=scan.stem, image=scan.image, labels=labels,
                             uncertainty=uncertainty, geometry=scan.geometry, prepared=prepared, model_grid=result,
                             timings=timings, settings=described, quality=quality)
+
+
+def _sample_slices(images: np.ndarray, segmenter: Segmenter, progress: bool | None) -> SliceSegmentation:
+    """``segmenter.segment(images)``, with a progress bar per slice when there are several and ``progress``."""
+    if progress is None:
+        progress = not getattr(segmenter, "quiet", True)
+    if not progress or len(images) < 2:
+        return segmenter.segment(images)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(images), desc="slices", unit="slice", leave=False) as bar:
+        return segmenter.segment(images, progress=bar.update)
+
+
+def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice]:
+    """The scan prepared at its mid-sagittal slice, chosen on the presegmenter's labels of the candidates
+    (:mod:`~spinesegdiff.pipelines.midline`)."""
+    grid = scan.prepared.grid
+    candidates = candidate_slices(grid)
+    prepared = prepare_scan(scan.image, scan.geometry, slices=candidates, source=scan.source)
+    labels = np.asarray(presegmenter(prepared.images)).argmax(axis=1)
+    choice = choose_slice(candidates, labels, grid.central_index)
+    k = candidates.index(choice.index)
+    chosen = dataclasses.replace(prepared, images=prepared.images[k:k + 1], indices=[choice.index], labels=None)
+    return dataclasses.replace(scan, prepared=chosen, slice_choice=choice), choice
 
 
 def segment(
@@ -227,6 +297,8 @@ def segment(
     quiet: bool = False,
     preseg: str | None = None,
     preseg_model: str | Path | None = None,
+    keep_all_parts: bool = False,
+    slice_index: int | str | None = None,
 ) -> ScanSegmentation:
     """Segment one scan: :func:`load_scan`, then :func:`segment_loaded`.
 
@@ -244,13 +316,16 @@ def segment(
         volume: segment every sagittal slice instead of the central one.
         segmenter: a ready :class:`Segmenter` (``model``, ``device`` and ``settings`` are then ignored).
         quiet: do not say so when ``auto`` falls back to the CPU.
+        keep_all_parts: keep parts that cannot belong to the spine (see :func:`segment_loaded`).
+        slice_index: the sagittal slice to segment, or ``"centre"`` (default: chosen by anatomy, see
+            :func:`load_scan` and :mod:`~spinesegdiff.pipelines.midline`).
 
     Raises:
         MissingInputError, InputError: unreadable, non-3D, axial/coronal, too small, NaN or constant input,
             or a model file that is not ours.
         SpineSegDiffError: a presegmenter model or ``T_pre`` without a presegmenter.
     """
-    scan = load_scan(image, volume=volume)
+    scan = load_scan(image, volume=volume, slice_index=slice_index)
     if segmenter is None:
         mark = time.perf_counter()
         presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
@@ -258,7 +333,7 @@ def segment(
         segmenter = Segmenter.from_checkpoint(model, device=device, settings=settings, quiet=quiet,
                                               presegmenter=presegmenter)
         scan.timings["load_model_s"] = time.perf_counter() - mark
-    return segment_loaded(scan, segmenter)
+    return segment_loaded(scan, segmenter, keep_all_parts=keep_all_parts)
 
 
 @dataclass(frozen=True)
@@ -310,6 +385,8 @@ def predict_scans(
     input_list: str | Path | None = None,
     where: dict[str, str] | None = None,
     engine: RayEngine | None = None,
+    keep_all_parts: bool = False,
+    slice_index: int | str | None = None,
 ) -> Iterator[ScanOutcome]:
     """Segment a scan, a DICOM series folder, a folder of scans or the scans of a list, and write each scan's
     outputs to ``output``.
@@ -325,7 +402,8 @@ def predict_scans(
     Args:
         input: scan file, DICOM series folder, or folder of them (``None`` with ``input_list``).
         output: output folder (created).
-        model, device, settings, preseg, preseg_model, volume, quiet: as for :func:`segment`.
+        model, device, settings, preseg, preseg_model, volume, quiet, keep_all_parts, slice_index: as for
+            :func:`segment`.
         output_format: one of :data:`OUTPUT_FORMATS` (``nii.gz``, ``mha``, ``nrrd``, ``nii``, ``seg.nrrd``,
             ``dicom-seg``); default the input's own (DICOM: ``nii.gz``).
         progress: a progress bar on stderr when there is more than one scan (print beside it with
@@ -360,7 +438,7 @@ def predict_scans(
                          preseg_model=preseg_model)
     presegmenter = spec.presegmenter()  # an unknown or unusable presegmenter choice fails here, before any scan
     work = ScanWork(output=Path(output), volume=volume, output_format=output_format,
-                    total=len(inputs.skipped) + len(plan))
+                    total=len(inputs.skipped) + len(plan), keep_all_parts=keep_all_parts, slice_index=slice_index)
     if engine is None:
         run_scans = partial(_segment_in_process, partial(spec.load_with, presegmenter), work)
     else:
@@ -422,6 +500,8 @@ class ScanWork:
     volume: bool
     output_format: str | None
     total: int
+    keep_all_parts: bool = False
+    slice_index: int | str | None = None
 
 
 ScanRunner = Callable[[list[tuple[int, PlannedScan]]], Iterator[ScanOutcome]]
@@ -498,14 +578,15 @@ def segment_planned(planned: PlannedScan, index: int, work: ScanWork,
     """Read, segment and write one planned scan: its outcome (with the one-line error if it failed)."""
     scan, total = planned.scan, work.total
     try:
-        loaded = dataclasses.replace(load_scan(scan, volume=work.volume), stem=planned.stem)
+        loaded = dataclasses.replace(load_scan(scan, volume=work.volume, slice_index=work.slice_index),
+                                     stem=planned.stem)
     except SpineSegDiffError as err:
         return ScanOutcome(scan, index, total, error=str(err))
     segmenter = get_segmenter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", QualityWarning)
-            result = segment_loaded(loaded, segmenter)
+            result = segment_loaded(loaded, segmenter, keep_all_parts=work.keep_all_parts)
         paths = write_outputs(result, work.output, output_format=work.output_format)
     except SpineSegDiffError as err:
         return ScanOutcome(scan, index, total, error=str(err))

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.pipelines.settings import PRESEGMENTERS
+
+if TYPE_CHECKING:  # PyTorch is imported where it is used: the compiled U-Net runs without it
+    import torch
 
 
 class Presegmenter(Protocol):
@@ -46,6 +48,8 @@ class UNetPresegmenter:
 
     def __init__(self, net: torch.nn.Module, *, device: torch.device | str = "cpu", batch: int = 8,
                  train_config: dict | None = None) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.batch = batch
@@ -55,31 +59,97 @@ class UNetPresegmenter:
     def from_checkpoint(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu"
                         ) -> UNetPresegmenter:
         """A U-Net checkpoint or run folder; ``None``: the U-Net shipped with the package."""
-        from spinesegdiff.models.checkpoint import load_model, resolve_model_file
+        from spinesegdiff.models.checkpoint import load_model
 
-        if path is None:
-            from spinesegdiff.assets import default_presegmenter_path
-
-            file = default_presegmenter_path()
-        else:
-            file = resolve_model_file(path)
+        file = _unet_file(path)
         net, config, payload = load_model(file, map_location="cpu")
         if config.variant != "unet":
             raise InputError(file, f"is a {config.variant!r} model, not a segmentation U-Net (--variant unet)")
         return cls(net, device=device, train_config=payload.get("train_config"))
 
-    @torch.inference_mode()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` image in ``[-1, 1]`` -> ``(B, 4, H, W)`` class probabilities (float32)."""
-        return self.net(image.to(self.device)).float().softmax(dim=1)
+        import torch
+
+        with torch.inference_mode():
+            return self.net(image.to(self.device)).float().softmax(dim=1)
 
     def __call__(self, images_u8: np.ndarray) -> np.ndarray:
+        import torch
+
         images = np.asarray(images_u8)
         outputs = []
         for start in range(0, len(images), self.batch):
             chunk = torch.from_numpy(to_network_range(images[start:start + self.batch]))[:, None]
             outputs.append(self.probabilities(chunk).cpu().numpy())
         return np.concatenate(outputs).astype(np.float32)
+
+
+class CompiledPresegmenter:
+    """The built-in U-Net as a compiled OpenVINO graph, run without PyTorch
+    (:mod:`~spinesegdiff.pipelines.backends.compiled`); same outputs as :class:`UNetPresegmenter` to float
+    round-off.
+
+    Args:
+        source: the U-Net's model file (for :meth:`torch_twin`).
+        folder, manifest: its bundle.
+        batch: slices per pass.
+    """
+
+    name = "unet"
+    device = "cpu"
+
+    def __init__(self, source: Path, folder: Path, manifest: dict, *, batch: int = 8) -> None:
+        from spinesegdiff.pipelines.backends.compiled import CompiledGraphs
+
+        self.source = source
+        self.batch = batch
+        self.train_config = manifest.get("train_config") or None
+        self.graphs = CompiledGraphs(folder, manifest, precision="fp32")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, *, cache: Path | None = None
+                        ) -> CompiledPresegmenter | None:
+        """The compiled U-Net of a checkpoint or run folder (``None``: the shipped one), converted now when its
+        bundle is missing; ``None`` without OpenVINO or with an unwritable cache.
+
+        Raises:
+            InputError: the file is not a segmentation U-Net (or not a model file at all).
+        """
+        from spinesegdiff.pipelines.backends.compiled import compiled_bundle
+        from spinesegdiff.pipelines.backends.openvino import openvino_available
+
+        if not openvino_available():
+            return None
+        file = _unet_file(path)
+        bundle = compiled_bundle(file, variant_check=lambda config: config.variant == "unet", cache=cache)
+        if bundle is None:
+            return None
+        if bundle[1]["model_config"].get("variant") != "unet":
+            raise InputError(file, f"is a {bundle[1]['model_config'].get('variant')!r} model, not a segmentation "
+                                   "U-Net (--variant unet)")
+        return cls(file, *bundle)
+
+    def torch_twin(self, device: torch.device | str = "cpu") -> UNetPresegmenter:
+        """The same U-Net in PyTorch (for ``--backend torch`` and GPUs)."""
+        return UNetPresegmenter.from_checkpoint(self.source, device=device)
+
+    def __call__(self, images_u8: np.ndarray) -> np.ndarray:
+        images = np.asarray(images_u8)
+        outputs = [self.graphs.run("unet", [to_network_range(images[start:start + self.batch])[:, None]])[0]
+                   for start in range(0, len(images), self.batch)]
+        return np.concatenate(outputs).astype(np.float32)
+
+
+def _unet_file(path: str | Path | None) -> Path:
+    """A U-Net checkpoint or run folder as a file; ``None``: the shipped U-Net."""
+    from spinesegdiff.models.checkpoint import resolve_model_file
+
+    if path is None:
+        from spinesegdiff.assets import default_presegmenter_path
+
+        return default_presegmenter_path()
+    return resolve_model_file(path)
 
 
 class CrossFittedPresegmenter:
@@ -111,6 +181,8 @@ class CrossFittedPresegmenter:
 
     def probabilities(self, image: torch.Tensor, patients: Sequence[str]) -> torch.Tensor:
         """``(B, 1, H, W)`` images in ``[-1, 1]`` of ``patients`` -> ``(B, 4, H, W)`` class probabilities."""
+        import torch
+
         output = torch.empty(image.shape[0], 4, *image.shape[-2:], device=image.device)
         choice = np.asarray([self.model_for(p) for p in patients])
         for index in np.unique(choice):
@@ -119,13 +191,18 @@ class CrossFittedPresegmenter:
         return output
 
 
-def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str = "cpu") -> Presegmenter | None:
-    """``none`` -> ``None``; ``unet`` -> a U-Net run or checkpoint (default: the shipped one); ``nnunet`` -> an
-    nnU-Net 2d model folder (required; its ``fold_all`` if present, else its first ``fold_<k>``)."""
+def load_presegmenter(kind: str, model: str | Path | None = None, *, device: str = "cpu",
+                      backend: str = "auto") -> Presegmenter | None:
+    """``none`` -> ``None``; ``unet`` -> a U-Net run or checkpoint (default: the shipped one): on the CPU with
+    ``backend`` ``auto`` or ``openvino`` the compiled U-Net (:class:`CompiledPresegmenter`) where OpenVINO is
+    installed, else PyTorch's; ``nnunet`` -> an nnU-Net 2d model folder (required; its ``fold_all`` if present,
+    else its first ``fold_<k>``)."""
     if kind == "none":
         return None
     if kind == "unet":
-        return UNetPresegmenter.from_checkpoint(model, device=device)
+        compiled = CompiledPresegmenter.from_checkpoint(model) if str(device) == "cpu" and backend != "torch" \
+            else None
+        return compiled or UNetPresegmenter.from_checkpoint(model, device=device)
     if kind == "nnunet":
         from spinesegdiff.pipelines.nnunet import NnUNetPresegmenter
 
@@ -145,7 +222,8 @@ def default_presegmenter_kind(*, user_model: bool) -> str:
 
 
 def resolve_presegmenter(kind: str | None, model: str | Path | None = None, *, user_model: bool,
-                         preseg_steps: int | None = None, device: str = "auto") -> Presegmenter | None:
+                         preseg_steps: int | None = None, device: str = "auto",
+                         backend: str = "auto") -> Presegmenter | None:
     """The one rule for choosing a presegmenter, for the command line and the Python API alike.
 
     Args:
@@ -154,6 +232,8 @@ def resolve_presegmenter(kind: str | None, model: str | Path | None = None, *, u
         user_model: whether the diffusion model is the user's own (``--model``) rather than the shipped one.
         preseg_steps: ``T_pre`` as asked for (``None``: not asked for); only meaningful with a presegmenter.
         device: ``auto``, ``cpu`` or ``cuda``.
+        backend: the sampler's backend (``auto``, ``torch``, ``openvino``): the U-Net runs compiled on the CPU
+            unless it is ``torch`` (:func:`load_presegmenter`).
 
     Returns:
         The loaded presegmenter, or ``None`` (sampling from noise).
@@ -172,6 +252,10 @@ def resolve_presegmenter(kind: str | None, model: str | Path | None = None, *, u
             raise SpineSegDiffError(f"{asked} was given without a presegmenter: --preseg-model and --preseg-steps "
                                     "need --preseg unet or nnunet")
         return None
+    from spinesegdiff.pipelines.backends.compiled import cpu_without_torch
+
+    if cpu_without_torch(device, quiet=True):  # no GPU driver: the CPU, without importing PyTorch to ask
+        return load_presegmenter(kind, model, device="cpu", backend=backend)
     from spinesegdiff.devices import resolve_device
 
-    return load_presegmenter(kind, model, device=str(resolve_device(device, quiet=True)))
+    return load_presegmenter(kind, model, device=str(resolve_device(device, quiet=True)), backend=backend)

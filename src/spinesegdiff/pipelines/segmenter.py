@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.devices import resolve_device
-from spinesegdiff.diffusion import DDIMScheduler, SchedulerConfig
+from spinesegdiff.diffusion.config import SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.models import ModelConfig, is_diffusion_model, model_prediction_type
 from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model, resolve_model_file
+from spinesegdiff.models.config import ModelConfig
 from spinesegdiff.pipelines.presegmenters import Presegmenter
-from spinesegdiff.pipelines.sampling import (
-    normalised_entropy,
-    sample_reference_procedure,
-    sample_segmentation,
-    structure_entropy,
-)
 from spinesegdiff.pipelines.settings import (  # noqa: F401 (re-exported: the settings' former home)
     BACKENDS,
     DEFAULT_PRESEG_STEPS,
@@ -38,6 +32,9 @@ from spinesegdiff.pipelines.settings import (  # noqa: F401 (re-exported: the se
     Precision,
     SamplerSettings,
 )
+
+if TYPE_CHECKING:  # PyTorch is imported where it is used: the compiled CPU path runs without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,8 @@ class SliceSegmentation:
 
 def fast_bfloat16_available(device: torch.device) -> bool:
     """Whether bfloat16 convolutions run natively here (not emulated, which is slower than float32)."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
@@ -75,6 +74,8 @@ def fast_bfloat16_available(device: torch.device) -> bool:
 
 def resolve_precision(choice: str, device: torch.device) -> torch.dtype:
     """``fp32`` / ``bf16`` as asked; ``auto`` -> bfloat16 where :func:`fast_bfloat16_available`, else float32."""
+    import torch
+
     if choice == "auto":
         return torch.bfloat16 if fast_bfloat16_available(device) else torch.float32
     return torch.bfloat16 if choice == "bf16" else torch.float32
@@ -115,17 +116,34 @@ def presegmenter_result(class_probabilities: np.ndarray) -> SliceSegmentation:
 
     The uncertainty is the normalised entropy of its class probabilities (a single prediction: no fusion).
     """
-    probs = torch.from_numpy(np.asarray(class_probabilities, dtype=np.float32))
-    structures = probs[:, 1:]
+    from spinesegdiff.pipelines.backends.numpy_sampler import presegmentation_summary
+
+    return slice_segmentation(presegmentation_summary(class_probabilities))
+
+
+def slice_segmentation(result) -> SliceSegmentation:
+    """A :class:`~spinesegdiff.pipelines.backends.numpy_sampler.NumpySegmentation` as a :class:`SliceSegmentation`."""
     return SliceSegmentation(
-        probabilities=structures.numpy().copy(),
-        class_probabilities=probs.numpy().copy(),
-        labels=probs.argmax(dim=1).numpy().astype(np.uint8),
-        uncertainty=normalised_entropy(probs).numpy(),
-        structure_uncertainty=structure_entropy(structures).numpy(),
-        variance=np.zeros_like(structures.numpy()),
-        network_calls=0,
-    )
+        probabilities=result.probabilities, class_probabilities=result.class_probabilities, labels=result.labels,
+        uncertainty=result.uncertainty, structure_uncertainty=result.structure_uncertainty,
+        variance=result.variance, network_calls=result.num_network_calls)
+
+
+def checked_settings(settings: SamplerSettings | None, presegmenter: Presegmenter | None,
+                     num_train_timesteps: int, model_name: str) -> SamplerSettings:
+    """The sampler settings of a segmenter: ``T_pre = 30`` by default with a presegmenter, and refused (with
+    :class:`SpineSegDiffError`) when they ask for ``T_pre`` without a presegmenter or for steps the model's
+    ``T``-step schedule does not have."""
+    settings = settings or SamplerSettings()
+    if presegmenter is not None and settings.preseg_steps is None:
+        settings = dataclasses.replace(settings, preseg_steps=DEFAULT_PRESEG_STEPS)
+    if presegmenter is None and settings.preseg_steps is not None:
+        raise SpineSegDiffError("preseg_steps needs a presegmenter (--preseg unet or nnunet)")
+    try:  # steps the model's own schedule does not have: refused before any sampling
+        settings.check_schedule(num_train_timesteps)
+    except ValueError as err:
+        raise SpineSegDiffError(f"{model_name or 'model'}: sampler settings do not fit the model: {err}") from err
+    return settings
 
 
 class Segmenter:
@@ -140,22 +158,30 @@ class Segmenter:
         model_name: how reports name the model (the checkpoint path by default).
         presegmenter: a :class:`~spinesegdiff.pipelines.presegmenters.Presegmenter` whose mask is refined from
             ``settings.preseg_steps`` (default 30 when a presegmenter is given).
+
+    ``quiet`` (set by :meth:`from_checkpoint`): no progress bar per slice for a volume.
     """
+
+    quiet = True
 
     def __init__(self, model: torch.nn.Module, model_config: ModelConfig, train_config: dict[str, Any] | None, *,
                  device: torch.device, settings: SamplerSettings | None = None, model_name: str = "",
                  presegmenter: Presegmenter | None = None, scheduler_config: SchedulerConfig | None = None) -> None:
-        settings = settings or SamplerSettings()
-        if presegmenter is not None and settings.preseg_steps is None:
-            settings = dataclasses.replace(settings, preseg_steps=DEFAULT_PRESEG_STEPS)
-        if presegmenter is None and settings.preseg_steps is not None:
-            raise SpineSegDiffError("preseg_steps needs a presegmenter (--preseg unet or nnunet)")
+        import torch
+
+        from spinesegdiff.diffusion import DDIMScheduler
+        from spinesegdiff.models import model_prediction_type
+
+        # the checkpoint's scheduler configuration; else the one in the training settings (linear, T = 1000
+        # for a network built in code, without settings)
+        self.scheduler_config = scheduler_config or SchedulerConfig.from_train_settings(train_config)
+        self.settings = checked_settings(settings, presegmenter, self.scheduler_config.num_train_timesteps,
+                                         model_name)
         self.presegmenter = presegmenter
         self.model_name = model_name
         self.model_config = model_config
         self.train_config = train_config or {}
         self.device = device
-        self.settings = settings
         self.dtype = torch.float32
         self.backend = "external"  # a ready denoiser object (ONNX Runtime, a test double) runs as given
         if isinstance(model, torch.nn.Module):
@@ -169,23 +195,23 @@ class Segmenter:
             elif self.dtype != torch.float32:
                 model = ReducedPrecisionNetwork(model, self.dtype)
         self.model = model
-        # the checkpoint's scheduler configuration; else the one in the training settings (linear, T = 1000
-        # for a network built in code, without settings)
-        self.scheduler_config = scheduler_config or SchedulerConfig.from_train_settings(train_config)
         self.prediction_type = model_prediction_type(model_config)
         self.scheduler = DDIMScheduler(self.scheduler_config.noise_schedule(), prediction_type=self.prediction_type,
                                        eta=self.settings.eta)
-        try:  # steps the model's own schedule does not have: refused before any sampling
-            self.settings.check_schedule(self.scheduler_config.num_train_timesteps)
-        except ValueError as err:
-            raise SpineSegDiffError(f"{model_name or 'model'}: sampler settings do not fit the model: {err}") from err
 
     @classmethod
     def from_checkpoint(cls, model: str | Path | None = None, *, device: str = "auto",
                         settings: SamplerSettings | None = None, quiet: bool = False,
                         presegmenter: Presegmenter | None = None) -> Segmenter:
         """Load a checkpoint file or run folder; ``None`` loads the model shipped with the package (the shipped
-        refiner when a presegmenter is given)."""
+        refiner when a presegmenter is given).
+
+        On a CPU with OpenVINO (``backend`` ``auto`` or ``openvino``, ``eta = 0``) the result is a
+        :class:`~spinesegdiff.pipelines.backends.compiled_segmenter.CompiledSegmenter` with the same interface
+        and the same labels, which needs PyTorch only the first time a model file is used
+        (:mod:`~spinesegdiff.pipelines.backends.compiled`); with ``backend="torch"`` a compiled presegmenter is
+        swapped for its PyTorch twin.
+        """
         if model is None:  # the shipped model; with a presegmenter, the shipped refiner
             from spinesegdiff.assets import default_model_path, default_refiner_path
 
@@ -194,16 +220,32 @@ class Segmenter:
         else:
             path = resolve_model_file(model)
             name = str(path)
+        from spinesegdiff.pipelines.backends.compiled_segmenter import compiled_segmenter
+
+        compiled = compiled_segmenter(path, name, device=device, settings=settings, quiet=quiet,
+                                      presegmenter=presegmenter)
+        if compiled is not None:
+            compiled.quiet = quiet
+            return compiled  # type: ignore[return-value]
+        from spinesegdiff.models import is_diffusion_model
         network, config, payload = load_model(path, map_location="cpu")  # a bad model file fails first
         target = resolve_device(device, quiet=quiet)
         if not is_diffusion_model(config):
             raise InputError(path, "is a segmentation U-Net: pass it as the presegmenter (--preseg-model), and "
                                    "a diffusion model as --model")
-        return cls(network, config, payload.get("train_config"), device=target, settings=settings,
-                   model_name=name, presegmenter=presegmenter, scheduler_config=checkpoint_scheduler(payload, path))
+        if presegmenter is not None and hasattr(presegmenter, "torch_twin") and (
+                (settings or SamplerSettings()).backend == "torch" or target.type != "cpu"):
+            presegmenter = presegmenter.torch_twin(target)
+        segmenter = cls(network, config, payload.get("train_config"), device=target, settings=settings,
+                        model_name=name, presegmenter=presegmenter,
+                        scheduler_config=checkpoint_scheduler(payload, path))
+        segmenter.quiet = quiet
+        return segmenter
 
     def describe(self) -> dict[str, Any]:
         """Sampler settings as run (fusion and precision resolved), for reports."""
+        import torch
+
         precision = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
         described = self.settings.to_dict() | {"fusion": self.fusion, "precision": precision,
                                                "backend": self.backend}
@@ -217,26 +259,50 @@ class Segmenter:
             return self.settings.fusion
         return "uncertainty" if self.model_config.variant == "diffunet2d" else "exp"
 
-    @torch.inference_mode()
     def segment(self, images_u8: np.ndarray, *, reference_procedure: bool = False,
-                reference_steps: int = 50) -> SliceSegmentation:
+                reference_steps: int = 50, progress: Callable[[int], object] | None = None) -> SliceSegmentation:
         """Segment ``(N, 320, 320)`` ``uint8`` slices (0..255, the cache's range).
 
         With ``reference_procedure`` the authors' procedure runs instead (S chains of ``reference_steps``
-        steps one after another), for benchmarks.
+        steps one after another), for benchmarks. ``progress`` is called with the number of slices finished
+        after each batch of ``settings.images_per_batch`` slices (a progress bar's ``update``).
         """
+        import torch
+
         images = np.asarray(images_u8)
         if images.ndim == 2:
             images = images[None]
-        settings = self.settings
-        generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         presegmentation = None
         if self.presegmenter is not None and not reference_procedure:
             presegmentation = np.asarray(self.presegmenter(images), dtype=np.float32)
-            if settings.preseg_steps == 0:
+            if self.settings.preseg_steps == 0:
                 return presegmenter_result(presegmentation)
+        with torch.inference_mode():
+            parts = self._sample_chunks(images, presegmentation, reference_procedure, reference_steps, progress)
+
+        def stack(name: str, dtype=np.float32) -> np.ndarray:
+            return np.concatenate([getattr(r, name).float().cpu().numpy() for r in parts]).astype(dtype)
+
+        return SliceSegmentation(
+            probabilities=stack("probabilities"),
+            class_probabilities=stack("class_probabilities"),
+            labels=stack("labels", np.uint8),
+            uncertainty=stack("uncertainty"),
+            structure_uncertainty=stack("structure_uncertainty"),
+            variance=stack("variance"),
+            network_calls=sum(r.num_network_calls for r in parts),
+        )
+
+    def _sample_chunks(self, images: np.ndarray, presegmentation: np.ndarray | None, reference_procedure: bool,
+                       reference_steps: int, progress: Callable[[int], object] | None) -> list[Any]:
+        """The sampler over ``settings.images_per_batch`` images at a time, one generator for all."""
+        import torch
+
+        from spinesegdiff.pipelines.sampling import sample_reference_procedure, sample_segmentation
+
+        settings = self.settings
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed)
         parts: list[Any] = []
-        calls = 0
         for start in range(0, len(images), settings.images_per_batch):
             stop = start + settings.images_per_batch
             chunk = torch.from_numpy(to_network_range(images[start:stop]))[:, None].to(self.device)
@@ -253,18 +319,7 @@ class Segmenter:
                                              **(common | {"fuse_steps": min(settings.fuse_steps, steps)}))
             else:
                 result = sample_segmentation(self.model, chunk, num_steps=settings.num_steps, **common)
-            calls += result.num_network_calls
             parts.append(result)
-
-        def stack(name: str, dtype=np.float32) -> np.ndarray:
-            return np.concatenate([getattr(r, name).float().cpu().numpy() for r in parts]).astype(dtype)
-
-        return SliceSegmentation(
-            probabilities=stack("probabilities"),
-            class_probabilities=stack("class_probabilities"),
-            labels=stack("labels", np.uint8),
-            uncertainty=stack("uncertainty"),
-            structure_uncertainty=stack("structure_uncertainty"),
-            variance=stack("variance"),
-            network_calls=calls,
-        )
+            if progress is not None:
+                progress(len(chunk))
+        return parts

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def _find_image(recorded: str | None, folder: Path) -> Path | None:
     for candidate in (given,) if given.is_absolute() else (given, folder / given):
         try:
             if candidate.exists():
-                return candidate.resolve()
+                return Path(os.path.abspath(candidate))  # absolute, links kept: the path the user knows
         except OSError:  # a name too long, a folder without permission: not found
             continue
     return None

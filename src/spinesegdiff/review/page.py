@@ -138,15 +138,15 @@ def case_data(case: PageCase, folder: Path) -> dict[str, Any]:
 def _legend_html(palette: dict[str, Any]) -> str:
     swatches = "".join(
         f'<li><span class="swatch" style="background:{s["colour"]}"></span>{_text(s["name"])} '
-        f'({_text(s["abbreviation"])}, {_text(s["colour_name"])})</li>' for s in palette["structures"])
+        f'({_text(s["colour_name"])})</li>' for s in palette["structures"])
     gradient = ", ".join(palette["uncertainty_stops"])
-    return (f'<p class="legend-title">Structures: {_text(palette["palette"])} palette (readable with colour blindness)'
-            f'</p><ul class="swatches">{swatches}</ul>'
-            f'<p class="legend-title">Uncertainty (normalised entropy): {_text(palette["uncertainty_map"])} map, '
-            f'transparent at 0, opaque from {palette["opaque_at"]:g}</p>'
-            f'<div class="gradient" style="background:linear-gradient(to right, {gradient})" role="img" '
-            f'aria-label="{_text(palette["uncertainty_map"])} colour scale from 0 (dark blue) to 1 (yellow)"></div>'
-            '<div class="gradient-scale"><span>0</span><span>0.5</span><span>1</span></div>')
+    return (f'<div class="legend-line"><span class="legend-title">Labels, {_text(palette["palette"])} palette '
+            f'(colour-blind safe):</span><ul class="swatches">{swatches}</ul></div>'
+            f'<div class="legend-line"><span class="legend-title">Uncertainty, {_text(palette["uncertainty_map"])} '
+            f'map:</span><span>0</span><span class="gradient" role="img" '
+            f'style="background:linear-gradient(to right, {gradient})" aria-label="{_text(palette["uncertainty_map"])}'
+            f' colour scale from 0 (dark blue) to 1 (yellow)"></span><span>1</span>'
+            f'<span>(transparent at 0, opaque from {palette["opaque_at"]:g})</span></div>')
 
 
 def _summary(cases: list[PageCase], measure: str) -> str:

@@ -27,8 +27,8 @@ class CaseVolumes:
     """A case's maps on the scan's grid, ``(z, y, x)`` in SimpleITK order.
 
     Attributes:
-        labels: uint8 classes 0 background, 1 SC, 2 VB, 3 IVD.
-        uncertainty: float32 in [0, 1].
+        labels: classes 0 background, 1 SC, 2 VB, 3 IVD, as stored (other values are drawn as background).
+        uncertainty: values in [0, 1] as stored (the layers clip them; non-finite values count as 0).
         geometry: the grid's geometry.
         image: the scan's intensities, or ``None`` when not found or not on this grid.
         flags: what went wrong reading the scan (``image not on the segmentation's grid`` ...).
@@ -114,10 +114,9 @@ def _read_labels(path: Path, uncertainty: np.ndarray, geometry: Geometry) -> np.
 
 
 def read_case_volumes(case: CaseRecord) -> CaseVolumes:
-    """Read a case's label map, uncertainty map and scan.
+    """Read a case's label map, uncertainty map and scan (as stored: the layers clean up the slices they draw).
 
-    Label values outside 0-3 and non-finite uncertainty become 0; uncertainty is clipped to [0, 1]. A scan that
-    cannot be read, or has another grid, is left out with a flag.
+    A scan that cannot be read, or has another grid, is left out with a flag.
 
     Raises:
         InputError, MissingInputError: the label or uncertainty map is missing, unreadable, or on another grid.
@@ -125,10 +124,7 @@ def read_case_volumes(case: CaseRecord) -> CaseVolumes:
     if case.segmentation is None or case.uncertainty is None:
         raise InputError(case.report, "the segmentation or uncertainty map is missing")
     uncertainty, geometry = read_image(case.uncertainty)
-    uncertainty = np.nan_to_num(uncertainty.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    uncertainty = np.clip(uncertainty, 0.0, 1.0)
     labels = _read_labels(case.segmentation, uncertainty, geometry)
-    labels = np.where((labels >= 0) & (labels <= 3), labels, 0).astype(np.uint8)
     image, flags = None, []
     if case.image is not None:
         try:

@@ -15,15 +15,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from spinesegdiff.pipelines.backends.wrappers import (
-    DenoiserWithFeatures,
-    example_denoiser_inputs,
-    repeat_inputs_to_batch,
-)
+if TYPE_CHECKING:  # imported by the torch-free path (cache_folder, openvino_core): PyTorch only where used
+    import torch
 
 
 def openvino_available() -> bool:
@@ -40,6 +37,24 @@ def cache_folder() -> Path:
         return Path(os.environ["SPINESEGDIFF_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "spinesegdiff"
+
+
+def openvino_core(cache: Path | None = None):
+    """An ``openvino.Core`` whose compiled models are cached in ``<cache>/compiled`` (OpenVINO's ``CACHE_DIR``:
+    a later process imports the compiled blob instead of compiling again); ``cache`` defaults to
+    ``cache_folder() / "openvino"``. A folder that cannot be created or written leaves the cache off."""
+    import openvino
+
+    core = openvino.Core()
+    folder = (cache_folder() / "openvino" if cache is None else Path(cache)) / "compiled"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError:
+        return core
+    core.set_property({"CACHE_DIR": str(folder)})
+    return core
 
 
 def weights_fingerprint(net: torch.nn.Module, size: int) -> str:
@@ -59,21 +74,26 @@ class OpenVinoDenoiser:
     Args:
         net: the PyTorch network (any device, any dtype; converted from a CPU float32 copy, the network itself is
             left as it is).
-        dtype: ``torch.bfloat16`` or ``torch.float32``, the arithmetic OpenVINO is asked for.
+        dtype: ``torch.bfloat16`` or ``torch.float32`` (``None``), the arithmetic OpenVINO is asked for.
         size: the square input size it will be run at (320).
         threads: CPU threads for OpenVINO (``None``: its default, all cores).
-        cache: folder for the converted graph (``None``: :func:`cache_folder`; unwritable folders are skipped).
+        cache: folder for the converted graph and the compiled model (``None``: :func:`cache_folder`;
+            unwritable folders are skipped).
     """
 
-    def __init__(self, net: torch.nn.Module, *, dtype: torch.dtype = torch.float32, size: int = 320,
+    def __init__(self, net: torch.nn.Module, *, dtype: torch.dtype | None = None, size: int = 320,
                  threads: int | None = None, cache: Path | None = None) -> None:
         import openvino
+        import torch
+
+        dtype = torch.float32 if dtype is None else dtype
 
         self.net = copy.deepcopy(net).eval().float().cpu()  # the caller's network keeps its dtype and device
         self.has_image_encoder = bool(getattr(self.net, "has_image_encoder", False))
         self.dtype = dtype
-        core = openvino.Core()
-        model = self._converted(openvino, core, size, cache_folder() if cache is None else cache)
+        cache = cache_folder() if cache is None else Path(cache)
+        core = openvino_core(cache / "openvino")
+        model = self._converted(openvino, core, size, cache)
         properties = {"INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
                       "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -88,6 +108,8 @@ class OpenVinoDenoiser:
                 return core.read_model(path)
             except RuntimeError:  # a damaged cache entry: convert again
                 pass
+        from spinesegdiff.pipelines.backends.wrappers import DenoiserWithFeatures, example_denoiser_inputs
+
         example = example_denoiser_inputs(self.net, size)
         with warnings.catch_warnings():  # the tracer warns about shape checks that are constant here
             warnings.simplefilter("ignore")
@@ -105,11 +127,17 @@ class OpenVinoDenoiser:
         return model
 
     def encode_image(self, image: torch.Tensor) -> list[torch.Tensor]:
+        import torch
+
         with torch.inference_mode():
             return self.net.encode_image(image.float().cpu())
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, *, image: torch.Tensor,
                  image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        import torch
+
+        from spinesegdiff.pipelines.backends.wrappers import repeat_inputs_to_batch
+
         if self.has_image_encoder and image_features is None:
             image_features = self.encode_image(image)
         inputs = repeat_inputs_to_batch(x_t, t, image, image_features if self.has_image_encoder else None)

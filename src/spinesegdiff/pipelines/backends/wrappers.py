@@ -56,3 +56,14 @@ def repeat_inputs_to_batch(x_t: torch.Tensor, t: torch.Tensor | int, image: torc
     if not torch.is_tensor(t) or t.ndim == 0:
         t = torch.full((batch,), int(t), dtype=torch.int64)
     return [x_t, t.to(torch.int64), repeat(image), *(repeat(f) for f in image_features or [])]
+
+
+class SegmenterProbabilities(torch.nn.Module):
+    """``forward(image)`` -> a segmentation U-Net's class probabilities (softmax over the channel axis)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).float().softmax(dim=1)

@@ -13,6 +13,7 @@
   const view = { zoom: 1, panX: 0, panY: 0, fit: 1 };
   const state = { selected: null, slices: new Map(), decisions: loadDecisions() };
   const probes = new Map();
+  const PROBES_KEPT = 64;  // decoded slices kept (a 640 x 512 slice takes 330 kB), the oldest dropped first
 
   // ---- decisions, kept in this browser's storage under the results folder's path ----
   function loadDecisions() {
@@ -162,15 +163,15 @@
   }
 
   function sortBy(key, descending) {
-    const ordered = Array.from(tbody.rows);
-    ordered.sort((a, b) => {
-      const x = sortValue(a, key), y = sortValue(b, key);
-      if (x === y) return Number(a.dataset.rank) - Number(b.dataset.rank);
+    const keyed = Array.from(tbody.rows, (row) => ({ row, value: sortValue(row, key), rank: Number(row.dataset.rank) }));
+    keyed.sort((a, b) => {
+      const x = a.value, y = b.value;
+      if (x === y) return a.rank - b.rank;
       if (x === null) return 1;
       if (y === null) return -1;
       return (x < y ? -1 : 1) * (descending ? -1 : 1);
     });
-    tbody.append(...ordered);
+    tbody.append(...keyed.map((entry) => entry.row));
     for (const th of document.querySelectorAll("#cases thead th[data-sort]")) {
       if (th.dataset.sort === key) th.setAttribute("aria-sort", descending ? "descending" : "ascending");
       else th.removeAttribute("aria-sort");
@@ -203,10 +204,10 @@
   // ---- the viewer ----
   function select(id) {
     if (!cases.has(id)) return;
-    if (state.selected) rows.get(state.selected).removeAttribute("aria-selected");
+    if (state.selected) rows.get(state.selected).removeAttribute("aria-current");
     state.selected = id;
     const row = rows.get(id);
-    row.setAttribute("aria-selected", "true");
+    row.setAttribute("aria-current", "true");
     row.scrollIntoView({ block: "nearest" });
     const c = cases.get(id);
     $("viewer-title").textContent = `${c.rank}. ${c.id}`;
@@ -385,6 +386,7 @@
   function requestProbe(c, slice) {
     const key = `${c.id}\u0000${slice}`;
     if (probes.has(key)) return;
+    while (probes.size >= PROBES_KEPT) probes.delete(probes.keys().next().value);
     probes.set(key, "loading");
     const script = document.createElement("script");
     script.src = `${c.layers.dir}/probe-${slice}.js`;

@@ -1,0 +1,97 @@
+"""The shipped pipeline on real 2D spin-echo T2 from two other sources (``../shared/data/external-t2-2d``).
+
+Scores as that folder's README says (:mod:`spinesegdiff.evaluation.partial_labels`): ``vb/`` body Dice within
+3 mm of the reference bodies and body recall, ``ivd/`` disc Dice within the labelled discs' rows (+5 mm), and for
+both the share of predicted pixels more than 15 mm in front of the spine. ``--volume`` segments all 21 slices
+and reports the worst slice's share in front (the issue's target: nothing drawn more than 15 mm in front of the
+spine on any slice). These scans are for evaluation only; no model here was trained on them.
+
+    python benchmarks/external_t2.py [--data ../shared/data/external-t2-2d] [--volume] [--model M --preseg none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from spinesegdiff.data.io import read_image
+from spinesegdiff.data.preprocess import native_slice
+from spinesegdiff.evaluation.partial_labels import body_scores, disc_scores, far_in_front_fraction
+from spinesegdiff.pipelines.predict import segment
+from spinesegdiff.pipelines.segmenter import Segmenter
+from spinesegdiff.pipelines.settings import SamplerSettings
+
+
+def _mean(values: list[float | None]) -> str:
+    kept = [v for v in values if v is not None]
+    return f"{np.mean(kept):.3f}" if kept else "n/a"
+
+
+def _score_scan(result, reference: np.ndarray, kind: str) -> dict[str, float | None]:
+    """Scores on the segmented slice nearest the centre, and the worst share in front over all segmented slices."""
+    grid = result.prepared.grid
+    spacing = (grid.rows.native_spacing, grid.cols.native_spacing)
+    indices = result.prepared.indices
+    central = min(indices, key=lambda k: abs(k - grid.central_index))
+    labels = native_slice(result.labels, grid, central)
+    truth = native_slice(reference, grid, central)
+    scores = body_scores(labels, truth, spacing) if kind == "vb" else disc_scores(labels, truth, spacing)
+    shares = []
+    for k in indices:  # a slice without reference pixels is judged against the central slice's spine
+        spine = native_slice(reference, grid, k) > 0
+        shares.append(far_in_front_fraction(native_slice(result.labels, grid, k),
+                                            spine if spine.any() else truth > 0, spacing))
+    scores["far_in_front"] = far_in_front_fraction(labels, truth > 0, spacing)
+    scores["worst_far_in_front"] = max((s for s in shares if s is not None), default=None)
+    scores["slice"] = central
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/external-t2-2d"))
+    parser.add_argument("--volume", action="store_true", help="segment every slice (worst share in front)")
+    parser.add_argument("--model", help="a diffusion model (default: the shipped refiner with the shipped U-Net)")
+    parser.add_argument("--preseg", default=None, help="none, unet or nnunet (as predict's --preseg)")
+    parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument("--keep-all-parts", action="store_true", help="without the plausibility clean-up")
+    args = parser.parse_args()
+    from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
+
+    presegmenter = resolve_presegmenter(args.preseg, None, user_model=args.model is not None, device="cpu")
+    segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
+                                          settings=SamplerSettings(num_samples=args.samples))
+    print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; "
+          f"{'all slices' if args.volume else 'central slice'}; "
+          f"{'no clean-up' if args.keep_all_parts else 'plausibility clean-up'}")
+    print("| set | scan | body Dice | body recall | disc Dice | in front >15 mm | worst slice in front | s |")
+    print("|---|---|---|---|---|---|---|---|")
+    totals: dict[str, dict[str, list]] = {}
+    for kind in ("vb", "ivd"):
+        for image in sorted((args.data / kind / "images").glob("*.mha")):
+            reference, _ = read_image(args.data / kind / "masks" / image.name)
+            started = time.perf_counter()
+            result = segment(image, segmenter=segmenter, volume=args.volume, keep_all_parts=args.keep_all_parts)
+            seconds = time.perf_counter() - started
+            scores = _score_scan(result, reference, kind)
+            for key, value in scores.items():
+                totals.setdefault(kind, {}).setdefault(key, []).append(value)
+
+            def cell(key: str, scores=scores) -> str:
+                value = scores.get(key)
+                return "" if value is None else f"{value:.3f}"
+
+            print(f"| {kind} | {image.stem} | {cell('body_dice')} | {cell('body_recall')} | {cell('disc_dice')} | "
+                  f"{cell('far_in_front')} | {cell('worst_far_in_front')} | {seconds:.1f} |")
+    for kind, values in totals.items():
+        print(f"| {kind} | mean of {len(values['slice'])} | {_mean(values.get('body_dice', []))} | "
+              f"{_mean(values.get('body_recall', []))} | {_mean(values.get('disc_dice', []))} | "
+              f"{_mean(values['far_in_front'])} | {_mean(values['worst_far_in_front'])} | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Anatomical plausibility after sampling: keep what belongs to the spine, drop what cannot (issue 13).
+
+On scans unlike the training data (off-centre slices, other scanners and contrasts) the model sometimes draws a
+vertebra, a disc or a canal in the abdomen or the psoas. The rule here removes such parts from each segmented
+model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to posterior):
+
+1. the spine is grown from the largest connected part of all structure pixels (canal, vertebrae, discs): another
+   part joins when it lies within :data:`MAX_GAP_MM` of the spine grown so far (a missing disc leaves a gap of
+   about one disc height, and the spinous processes lie across the canal, so the whole spine is kept; a
+   structure in the abdomen or the psoas, more than a centimetre from anything, is not);
+2. a canal part of the spine is kept only when it is not in front of the column of vertebrae and discs (its
+   centre behind the column's anterior border at its rows);
+3. parts under :data:`MIN_PART_MM2` are dropped (real results hold at most 0.5 % of their area in such parts).
+
+Removed pixels become background; their probability mass moves to the background class, so the label map
+restored on the scan's grid follows, while the uncertainty map is left as the sampler made it (it still shows
+where the model hesitated). What was removed is reported per structure in mm^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from spinesegdiff.data.labels import DISC, SPINAL_CANAL, STRUCTURE_ABBREVIATIONS, VERTEBRA
+from spinesegdiff.data.preprocess import MODEL_SPACING_MM
+
+MAX_GAP_MM = 12.0
+"""A part joins the spine within this distance of it (a lumbar disc is 8-12 mm high)."""
+MIN_PART_MM2 = 20.0
+"""Connected parts smaller than this are dropped."""
+MIN_ANCHOR_MM2 = 300.0
+"""Below this the largest part is no anchor (no spine found): nothing is removed, the quality check judges the
+result."""
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Cleanup:
+    """What :func:`plausible_labels` removed from one or more slices: mm^2 per structure and parts removed."""
+
+    removed_mm2: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STRUCTURE_ABBREVIATIONS, 0.0))
+    parts_removed: int = 0
+
+    def add(self, other: Cleanup) -> None:
+        for key, value in other.removed_mm2.items():
+            self.removed_mm2[key] = self.removed_mm2.get(key, 0.0) + value
+        self.parts_removed += other.parts_removed
+
+    def to_dict(self) -> dict:
+        return {"removed_mm2": {k: round(v, 1) for k, v in self.removed_mm2.items()},
+                "parts_removed": self.parts_removed}
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Distance in mm from every pixel to ``mask`` (infinite where ``mask`` is empty)."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf)
+    return ndimage.distance_transform_edt(~mask) * MODEL_SPACING_MM
+
+
+def _grown_spine(structures: np.ndarray) -> np.ndarray | None:
+    """The spine: the largest part of ``structures`` and every part reachable from it in steps of at most
+    :data:`MAX_GAP_MM`; ``None`` when the largest part is too small to anchor anything."""
+    parts, count = ndimage.label(structures, structure=_EIGHT)
+    if count == 0:
+        return None
+    sizes = np.bincount(parts.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    if sizes.max() * MODEL_SPACING_MM**2 < MIN_ANCHOR_MM2:
+        return None
+    kept = {int(sizes.argmax())}
+    while True:
+        near = _distance_to(np.isin(parts, list(kept))) <= MAX_GAP_MM
+        reached = set(np.unique(parts[near & structures]).tolist()) - {0}
+        if reached <= kept:
+            return np.isin(parts, list(kept))
+        kept |= reached
+
+
+def _anterior_border(column: np.ndarray) -> np.ndarray:
+    """Per row, the most anterior column pixel within 10 mm above or below (interpolated where no row has any)."""
+    labelled = column.any(axis=1)
+    rows = np.flatnonzero(labelled)
+    first = np.where(labelled, np.argmax(column, axis=1), column.shape[1]).astype(np.float64)
+    first = ndimage.minimum_filter1d(first, size=2 * round(10.0 / MODEL_SPACING_MM) + 1, mode="nearest")
+    return np.interp(np.arange(column.shape[0]), rows, first[rows])
+
+
+def _canal_not_in_front(canal: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """The canal parts whose centre lies behind the column's anterior border at their rows."""
+    parts, count = ndimage.label(canal, structure=_EIGHT)
+    if count == 0 or not column.any():
+        return canal
+    border = _anterior_border(column)
+    keep = np.zeros(count + 1, dtype=bool)
+    for k, (row, col) in enumerate(ndimage.center_of_mass(canal, parts, range(1, count + 1)), start=1):
+        keep[k] = col >= border[round(row)]
+    return keep[parts]
+
+
+def _without_small_parts(mask: np.ndarray) -> np.ndarray:
+    parts, count = ndimage.label(mask, structure=_EIGHT)
+    if count == 0:
+        return mask
+    sizes = np.bincount(parts.ravel(), minlength=count + 1)
+    keep = sizes * MODEL_SPACING_MM**2 >= MIN_PART_MM2
+    keep[0] = False
+    return keep[parts]
+
+
+def plausible_labels(labels: np.ndarray) -> tuple[np.ndarray, Cleanup]:
+    """Remove the parts of one model-grid slice that cannot belong to the lumbar spine.
+
+    Args:
+        labels: ``(320, 320)`` classes (0 background, 1 canal, 2 vertebra, 3 disc), rows superior to inferior,
+            columns anterior to posterior, :data:`~spinesegdiff.data.preprocess.MODEL_SPACING_MM` pixels.
+
+    Returns:
+        The kept labels (same shape and dtype; removed pixels are 0) and what was removed.
+    """
+    spine = _grown_spine(labels > 0)
+    if spine is None:
+        return labels, Cleanup()
+    column = spine & ((labels == VERTEBRA) | (labels == DISC))
+    keep = np.zeros(labels.shape, dtype=bool)
+    for value in (VERTEBRA, DISC):
+        keep |= _without_small_parts((labels == value) & spine)
+    keep |= _without_small_parts(_canal_not_in_front((labels == SPINAL_CANAL) & spine, column))
+    removed = (labels > 0) & ~keep
+    cleanup = Cleanup()
+    for value, abbreviation in zip((SPINAL_CANAL, VERTEBRA, DISC), STRUCTURE_ABBREVIATIONS, strict=True):
+        cleanup.removed_mm2[abbreviation] = float((removed & (labels == value)).sum()) * MODEL_SPACING_MM**2
+    cleanup.parts_removed = int(ndimage.label(removed, structure=_EIGHT)[1])
+    return np.where(keep, labels, 0).astype(labels.dtype), cleanup
+
+
+def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,
+                            ) -> tuple[np.ndarray, np.ndarray, Cleanup]:
+    """Apply :func:`plausible_labels` to ``N`` slices and move the removed pixels' mass to the background.
+
+    Args:
+        class_probabilities: ``(N, 4, H, W)`` float32, background first, summing to 1.
+        labels: ``(N, H, W)`` their argmax.
+
+    Returns:
+        The adjusted probabilities (a copy, still summing to 1), the kept labels ``(N, H, W)`` and what was
+        removed over all slices.
+    """
+    probabilities = class_probabilities.copy()
+    kept_labels = np.empty_like(labels)
+    total = Cleanup()
+    for n in range(labels.shape[0]):
+        kept_labels[n], cleanup = plausible_labels(labels[n])
+        removed = (labels[n] > 0) & (kept_labels[n] == 0)
+        if removed.any():
+            slice_probabilities = probabilities[n]  # a view: (4, H, W)
+            slice_probabilities[0, removed] += slice_probabilities[1:, removed].sum(axis=0)
+            slice_probabilities[1:, removed] = 0.0
+        total.add(cleanup)
+    return probabilities, kept_labels, total

@@ -1,0 +1,99 @@
+"""The anatomical clean-up after sampling (issue 13): parts that cannot belong to the spine are removed, the
+spine itself never is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spinesegdiff.data.labels import DISC, SPINAL_CANAL, VERTEBRA
+from spinesegdiff.pipelines.plausibility import plausible_labels, plausible_probabilities
+
+
+def _spine(missing_disc: int | None = None) -> np.ndarray:
+    """A 320 x 320 model-grid slice (1 mm): five bodies 25 mm high and discs 9 mm high between them at columns
+    100-140, the canal at 141-155 (15 mm deep, behind the bodies) and the posterior elements at 158-197, more
+    than a disc height from the bodies."""
+    labels = np.zeros((320, 320), dtype=np.uint8)
+    row = 40
+    for level in range(5):
+        labels[row:row + 25, 100:141] = VERTEBRA
+        labels[row + 5:row + 20, 158:198] = VERTEBRA  # posterior elements, a separate part in this slice
+        row += 25
+        if level < 4:
+            if level != missing_disc:
+                labels[row:row + 9, 102:139] = DISC
+            row += 9
+    labels[40:row, 141:156] = SPINAL_CANAL
+    return labels
+
+
+def test_a_plausible_spine_is_left_as_it_is() -> None:
+    labels = _spine()
+    kept, cleanup = plausible_labels(labels)
+    assert np.array_equal(kept, labels)
+    assert cleanup.parts_removed == 0 and sum(cleanup.removed_mm2.values()) == 0
+
+
+def test_a_column_with_a_missing_disc_is_kept_whole() -> None:
+    labels = _spine(missing_disc=1)
+    kept, _ = plausible_labels(labels)
+    assert np.array_equal(kept, labels), "a gap of one disc height does not split the column"
+
+
+@pytest.mark.parametrize(("value", "where", "key"), [
+    (VERTEBRA, (slice(120, 150), slice(40, 70)), "VB"),   # a vertebra in the abdomen, 30 mm in front
+    (DISC, (slice(200, 215), slice(60, 80)), "IVD"),      # a disc in the psoas
+    (SPINAL_CANAL, (slice(100, 160), slice(60, 70)), "SC"),  # a canal in the abdomen
+    (SPINAL_CANAL, (slice(70, 150), slice(90, 98)), "SC"),  # a canal against the bodies, but in front of them
+])
+def test_a_part_far_from_the_spine_or_in_front_of_it_is_removed(value: int, where, key: str) -> None:
+    labels = _spine()
+    labels[where] = value
+    kept, cleanup = plausible_labels(labels)
+    assert np.array_equal(kept, _spine()), f"only the implausible {key} part goes"
+    assert cleanup.removed_mm2[key] == pytest.approx(float((labels[where] == value).sum()))
+    assert cleanup.parts_removed == 1
+
+
+def test_a_canal_beside_the_bodies_but_behind_their_front_is_kept() -> None:
+    labels = _spine()
+    labels[40:200, 141:156] = 0
+    labels[40:120, 141:156] = SPINAL_CANAL  # a canal split in two by a stenosis
+    labels[124:200, 141:156] = SPINAL_CANAL
+    kept, _ = plausible_labels(labels)
+    assert np.array_equal(kept, labels)
+
+
+def test_fragments_are_removed() -> None:
+    labels = _spine()
+    labels[300:304, 300:304] = DISC  # 16 mm^2 far away
+    labels[60:63, 200:205] = VERTEBRA  # 15 mm^2 near the posterior elements
+    kept, cleanup = plausible_labels(labels)
+    assert np.array_equal(kept, _spine())
+    assert cleanup.removed_mm2 == {"SC": 0.0, "VB": 15.0, "IVD": 16.0}
+
+
+def test_without_a_column_nothing_is_removed() -> None:
+    labels = np.zeros((320, 320), dtype=np.uint8)
+    labels[10:20, 10:20] = VERTEBRA  # 100 mm^2: no column to anchor anything
+    labels[200:210, 200:210] = SPINAL_CANAL
+    kept, cleanup = plausible_labels(labels)
+    assert np.array_equal(kept, labels) and cleanup.parts_removed == 0
+
+
+def test_removed_pixels_move_their_probability_to_the_background() -> None:
+    labels = _spine()
+    labels[120:150, 40:70] = VERTEBRA
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=(320, 320)).transpose(2, 0, 1).astype(np.float32)
+    probabilities *= 0.2
+    for value in (0, 1, 2, 3):
+        probabilities[value, labels == value] += 0.8  # labels is the argmax
+    adjusted, kept, cleanup = plausible_probabilities(probabilities[None], labels[None])
+    np.testing.assert_allclose(adjusted.sum(axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(adjusted[0].argmax(axis=0) > 0, kept[0] > 0)
+    assert np.array_equal(adjusted[0][:, kept[0] > 0], probabilities[:, kept[0] > 0]), "kept pixels untouched"
+    assert (adjusted[0, 1:, 120:150, 40:70] == 0).all()
+    assert cleanup.removed_mm2["VB"] == 900.0
+    assert probabilities[2, 130, 50] > 0.5, "the input is not modified"
