@@ -139,8 +139,8 @@ def test_compiled_segmenter_gives_the_torch_labels_and_later_runs_without_torch(
     np.testing.assert_array_equal(ours.labels, expected.labels)
     np.testing.assert_allclose(ours.probabilities, expected.probabilities, atol=1e-4)
     np.testing.assert_allclose(ours.uncertainty, expected.uncertainty, atol=1e-3)
-    assert ours.network_calls == expected.network_calls == 3 * 2
-    assert compiled.describe() == torch_path.describe() | {"backend": "openvino"}
+    assert (ours.network_calls, expected.network_calls) == (2 * 3, 3 * 3)  # batches x steps: batching, same noise
+    assert compiled.describe() == torch_path.describe() | {"backend": "openvino", "images_per_batch": 2}
     assert compiled.train_config["fold"] == 3 and compiled.model_config == TINY
     # a fresh process loads the bundle without importing PyTorch, and samples the same labels
     script = (f"import sys, numpy as np; from spinesegdiff.pipelines.segmenter import Segmenter, SamplerSettings; "

@@ -3,7 +3,9 @@
 Spatial: small rotation, scaling and translation, applied to image (bilinear) and labels (nearest) alike; no
 flips (the model grid has a fixed anatomical orientation). Intensity: random gamma, random intensity remapping
 (a random piecewise-linear curve that keeps air dark, sometimes non-monotone, which turns T2-like contrast into
-T1-like contrast and back: our real data is T2 only), a smooth multiplicative bias field, Gaussian noise.
+T1-like contrast and back: our real data is T2 only), label-driven random contrast (every structure and
+background tissue its own random intensity, off unless ``p_label_contrast`` is set), a smooth multiplicative
+bias field, Gaussian noise.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ class AugmentConfig:
     bias_amplitude: float = 0.35
     p_noise: float = 0.3
     noise_std: float = 0.05
+    p_label_contrast: float = 0.0
+    contrast_clusters: int = 4
+    contrast_blur_px: float = 1.5
 
     def __post_init__(self) -> None:
-        for name in ("p_spatial", "p_gamma", "p_remap", "p_inversion", "p_bias", "p_noise"):
+        for name in ("p_spatial", "p_gamma", "p_remap", "p_inversion", "p_bias", "p_noise", "p_label_contrast"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "scale_range", tuple(self.scale_range))
@@ -92,6 +97,62 @@ def invert_contrast(image: torch.Tensor, threshold: float = 0.08) -> torch.Tenso
     return torch.where(image > threshold, 1.0 - image + threshold, image)
 
 
+def _gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, C, H, W)`` maps (``sigma`` in pixels; 0 returns them as they are)."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = maps.shape[1]
+    rows = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    cols = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    maps = F.conv2d(F.pad(maps, (0, 0, radius, radius), mode="replicate"), rows, groups=channels)
+    return F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="replicate"), cols, groups=channels)
+
+
+def label_contrast(image: torch.Tensor, labels: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                   air: float = 0.08) -> torch.Tensor:
+    """Give every structure and every background tissue its own random contrast (in the spirit of SynthSeg).
+
+    The regions are the label classes 1-3 and ``contrast_clusters`` pseudo-labels of the background (its
+    tissue split at intensity quantiles); air (below ``air``) stays as it is. Each region ``r`` gets a random
+    mean ``m_r`` in [0.05, 1] and a random texture gain ``s_r`` in [0.5, 1.5]: ``x -> m_r + s_r (x - mean_r)``,
+    blended across region borders with weights blurred by ``contrast_blur_px`` pixels. So a T2 canal (bright)
+    can come out dark, a disc bright or dark, fat bright or grey: contrasts the real (T2-only) data never show.
+
+    Args:
+        image: ``(B, 1, H, W)`` in [0, 1].
+        labels: ``(B, H, W)`` classes 0-3.
+
+    Returns:
+        ``(B, 1, H, W)`` in [0, 1].
+    """
+    batch, device = image.shape[0], image.device
+    clusters = max(1, config.contrast_clusters)
+    tissue = (labels == 0) & (image[:, 0] > air)
+    quantiles = torch.linspace(0, 1, clusters + 1, device=device)[1:-1]
+    bins = torch.zeros_like(labels)
+    for b in range(batch):
+        values = image[b, 0][tissue[b]]
+        if values.numel() and clusters > 1:
+            edges = torch.quantile(values[:: max(1, values.numel() // 20000)], quantiles)
+            bins[b] = torch.bucketize(image[b, 0], edges)
+    regions = torch.where(labels > 0, clusters + labels - 1, bins)  # 0..clusters-1 background, then SC VB IVD
+    regions = torch.where((labels == 0) & ~tissue, clusters + 3, regions)  # air: its own region, unchanged
+    onehot = F.one_hot(regions.long(), clusters + 4).permute(0, 3, 1, 2).to(image.dtype)
+    area = onehot.sum(dim=(2, 3)).clamp(min=1)
+    means = (onehot * image).sum(dim=(2, 3)) / area  # (B, R)
+    new_means = _uniform((batch, clusters + 4), 0.05, 1.0, generator, device)
+    gains = _uniform((batch, clusters + 4), 0.5, 1.5, generator, device)
+    new_means[:, -1], gains[:, -1] = means[:, -1], 1.0  # air unchanged
+    weights = _gaussian_blur(onehot, config.contrast_blur_px)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
+    mapped = new_means[:, :, None, None] + gains[:, :, None, None] * (image - means[:, :, None, None])
+    return (weights * mapped).sum(dim=1, keepdim=True).clamp(0, 1)
+
+
 def bias_field(shape: tuple[int, ...], amplitude: float, generator: torch.Generator,
                device: torch.device) -> torch.Tensor:
     """Smooth multiplicative field ``exp(a * quadratic polynomial)`` of shape ``(B, 1, H, W)``, mean about 1."""
@@ -121,6 +182,10 @@ def augment_batch(image: torch.Tensor, labels: torch.Tensor, config: AugmentConf
         return image, labels
     batch, device = image.shape[0], image.device
     image, labels = spatial_transform(image, labels, config, generator)
+    if config.p_label_contrast > 0:  # drawn only when asked for: runs without it keep their random stream
+        recoloured = label_contrast(image, labels, config, generator)
+        chosen = _chance(batch, config.p_label_contrast, generator, device)[:, None, None, None]
+        image = torch.where(chosen, recoloured, image)
     gamma = _uniform((batch, 1, 1, 1), *config.gamma_range, generator, device)
     gamma = torch.where(_chance(batch, config.p_gamma, generator, device)[:, None, None, None], gamma, 1.0)
     image = image.clamp(0, 1) ** gamma

@@ -43,11 +43,14 @@ class Cleanup:
 
     removed_mm2: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STRUCTURE_ABBREVIATIONS, 0.0))
     parts_removed: int = 0
+    per_slice_mm2: list[float] = field(default_factory=list)
+    """The structure area removed from each slice, in the order the slices were cleaned."""
 
     def add(self, other: Cleanup) -> None:
         for key, value in other.removed_mm2.items():
             self.removed_mm2[key] = self.removed_mm2.get(key, 0.0) + value
         self.parts_removed += other.parts_removed
+        self.per_slice_mm2.append(sum(other.removed_mm2.values()))
 
     def to_dict(self) -> dict:
         return {"removed_mm2": {k: round(v, 1) for k, v in self.removed_mm2.items()},

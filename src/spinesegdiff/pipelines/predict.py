@@ -63,6 +63,7 @@ from spinesegdiff.pipelines.midline import SliceChoice, candidate_slices, choose
 from spinesegdiff.pipelines.plausibility import plausible_probabilities
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
+from spinesegdiff.pipelines.quality_score import quality_score
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
 from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings, format_suffix, uncertainty_suffix
 from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
@@ -247,6 +248,9 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
     central = min(range(len(prepared.indices)), key=lambda k: abs(prepared.indices[k] - grid.central_index))
     quality = spine_quality(result.labels[central])
     check_spine_quality(quality, scan.source)
+    quality.update(quality_score(result.labels[central], result.uncertainty[central],
+                                 removed_mm2=cleanup.per_slice_mm2[central] if cleanup else 0.0,
+                                 verdict=quality["verdict"]))
     described = {
         "model": segmenter.model_name,
         "variant": segmenter.model_config.variant,

@@ -85,10 +85,10 @@ class UNetPresegmenter:
         return np.concatenate(outputs).astype(np.float32)
 
 
-class CompiledPresegmenter:
+class CompiledPresegmenter(UNetPresegmenter):
     """The built-in U-Net as a compiled OpenVINO graph, run without PyTorch
     (:mod:`~spinesegdiff.pipelines.backends.compiled`); same outputs as :class:`UNetPresegmenter` to float
-    round-off.
+    round-off, and usable wherever one is (:meth:`probabilities` takes and gives tensors).
 
     Args:
         source: the U-Net's model file (for :meth:`torch_twin`).
@@ -102,14 +102,16 @@ class CompiledPresegmenter:
     def __init__(self, source: Path, folder: Path, manifest: dict, *, batch: int = 8) -> None:
         from spinesegdiff.pipelines.backends.compiled import CompiledGraphs
 
+        # no network in this process: UNetPresegmenter's constructor (which moves one) is not called
+
         self.source = source
         self.batch = batch
         self.train_config = manifest.get("train_config") or None
         self.graphs = CompiledGraphs(folder, manifest, precision="fp32")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, *, cache: Path | None = None
-                        ) -> CompiledPresegmenter | None:
+    def from_checkpoint(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu",  # type: ignore[override]
+                        cache: Path | None = None) -> CompiledPresegmenter | None:
         """The compiled U-Net of a checkpoint or run folder (``None``: the shipped one), converted now when its
         bundle is missing; ``None`` without OpenVINO or with an unwritable cache.
 
@@ -133,6 +135,13 @@ class CompiledPresegmenter:
     def torch_twin(self, device: torch.device | str = "cpu") -> UNetPresegmenter:
         """The same U-Net in PyTorch (for ``--backend torch`` and GPUs)."""
         return UNetPresegmenter.from_checkpoint(self.source, device=device)
+
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` image in ``[-1, 1]`` -> ``(B, 4, H, W)`` class probabilities (float32, on its device)."""
+        import torch
+
+        outputs = self.graphs.run("unet", [image.detach().float().cpu().numpy()])[0]
+        return torch.from_numpy(outputs).to(image.device)
 
     def __call__(self, images_u8: np.ndarray) -> np.ndarray:
         images = np.asarray(images_u8)
