@@ -19,7 +19,7 @@ from spinesegdiff.pipelines.midline import MIN_CANAL_MM2, candidate_slices, choo
 def _grid(num_slices: int, slice_mm: float):
     """A PIR-oriented sagittal grid (like the SPIDER files): ``num_slices`` slices ``slice_mm`` apart."""
     geometry = Geometry(spacing=(1.0, 1.0, slice_mm), origin=(0.0, 0.0, 0.0),
-                        direction=(0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+                        direction=(0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
     return plan_grid((num_slices, 200, 160), geometry)
 
 

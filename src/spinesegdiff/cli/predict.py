@@ -17,6 +17,7 @@ from spinesegdiff.cli.options import (
     output_format_help,
     sampler_settings,
 )
+from spinesegdiff.pipelines.settings import LABEL_CONVENTIONS
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -33,7 +34,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              progress=not args.quiet, shard=shard, skip_existing=args.skip_existing,
                              summary=True if args.summary else None, input_list=args.input_list,
                              where=parse_where(args.where), engine=engine_choice(args),
-                             keep_all_parts=args.keep_all_parts, slice_index=args.slice)
+                             keep_all_parts=args.keep_all_parts, slice_index=args.slice, labels=args.labels)
     failures = attempted = 0
     for outcome in outcomes:
         if outcome.note is not None:  # an input left out (a label map, an earlier output), a complete set
@@ -101,6 +102,9 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
                     help="the sagittal slice to segment (0-based, left to right), or centre; default: the "
                          "mid-sagittal slice chosen by anatomy (widest canal, spinous processes) near the centre")
     pr.add_argument("--format", help=output_format_help())
+    pr.add_argument("--labels", choices=LABEL_CONVENTIONS, default="spinesegdiff",
+                    help="label values: spinesegdiff (1 canal, 2 vertebra, 3 disc) or spider (SPIDER's instance "
+                         "codes: vertebrae 1-25 from L5 up, canal 100, discs 201-225 from L5-S1 up; image formats)")
     pr.add_argument("--keep-all-parts", action="store_true",
                     help="keep every predicted part, also those that cannot belong to the spine (by default parts "
                          "far from the spinal column, a canal in front of it and fragments under 20 mm^2 are "

@@ -59,13 +59,21 @@ from spinesegdiff.pipelines.inputs import (
     scan_list_inputs,
     select_shard,
 )
+from spinesegdiff.pipelines.label_convention import spider_label_map, spider_value_names
 from spinesegdiff.pipelines.midline import SliceChoice, candidate_slices, choose_slice
 from spinesegdiff.pipelines.plausibility import plausible_probabilities
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.quality_score import quality_score
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
-from spinesegdiff.pipelines.settings import OUTPUT_FORMATS, SamplerSettings, format_suffix, uncertainty_suffix
+from spinesegdiff.pipelines.settings import (
+    INSTANCE_FREE_FORMATS,
+    LABEL_CONVENTIONS,
+    OUTPUT_FORMATS,
+    SamplerSettings,
+    format_suffix,
+    uncertainty_suffix,
+)
 from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
@@ -391,6 +399,7 @@ def predict_scans(
     engine: RayEngine | None = None,
     keep_all_parts: bool = False,
     slice_index: int | str | None = None,
+    labels: str = "spinesegdiff",
 ) -> Iterator[ScanOutcome]:
     """Segment a scan, a DICOM series folder, a folder of scans or the scans of a list, and write each scan's
     outputs to ``output``.
@@ -407,11 +416,10 @@ def predict_scans(
         input: scan file, DICOM series folder, or folder of them (``None`` with ``input_list``).
         output: output folder (created).
         model, device, settings, preseg, preseg_model, volume, quiet, keep_all_parts, slice_index: as for
-            :func:`segment`.
+            :func:`segment`; ``labels``: ``spinesegdiff`` or ``spider`` (see :func:`write_outputs`).
         output_format: one of :data:`OUTPUT_FORMATS` (``nii.gz``, ``mha``, ``nrrd``, ``nii``, ``seg.nrrd``,
             ``dicom-seg``); default the input's own (DICOM: ``nii.gz``).
-        progress: a progress bar on stderr when there is more than one scan (print beside it with
-            ``tqdm.write``).
+        progress: a progress bar on stderr when there is more than one scan.
         shard: ``"K/N"`` or a :class:`~spinesegdiff.pipelines.inputs.Shard`: only every N-th scan of the
             plan (name order for a folder, list order for a list), from the K-th
             (:func:`~spinesegdiff.pipelines.inputs.select_shard`).
@@ -432,6 +440,7 @@ def predict_scans(
             that is not one, Ray asked for but not installed or not reachable.
     """
     shard = parse_shard(shard) if isinstance(shard, str) else shard
+    check_label_convention(labels, output_suffix(None, output_format) if output_format else None)
     inputs, plan = _plan_scans(input, input_list, where, output, output_format, shard)
     if summary is None:
         summary = shard is not None or skip_existing
@@ -442,7 +451,8 @@ def predict_scans(
                          preseg_model=preseg_model)
     presegmenter = spec.presegmenter()  # an unknown or unusable presegmenter choice fails here, before any scan
     work = ScanWork(output=Path(output), volume=volume, output_format=output_format,
-                    total=len(inputs.skipped) + len(plan), keep_all_parts=keep_all_parts, slice_index=slice_index)
+                    total=len(inputs.skipped) + len(plan), keep_all_parts=keep_all_parts, slice_index=slice_index,
+                    labels=labels)
     if engine is None:
         run_scans = partial(_segment_in_process, partial(spec.load_with, presegmenter), work)
     else:
@@ -506,6 +516,7 @@ class ScanWork:
     total: int
     keep_all_parts: bool = False
     slice_index: int | str | None = None
+    labels: str = "spinesegdiff"
 
 
 ScanRunner = Callable[[list[tuple[int, PlannedScan]]], Iterator[ScanOutcome]]
@@ -591,7 +602,7 @@ def segment_planned(planned: PlannedScan, index: int, work: ScanWork,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", QualityWarning)
             result = segment_loaded(loaded, segmenter, keep_all_parts=work.keep_all_parts)
-        paths = write_outputs(result, work.output, output_format=work.output_format)
+        paths = write_outputs(result, work.output, output_format=work.output_format, labels=work.labels)
     except SpineSegDiffError as err:
         return ScanOutcome(scan, index, total, error=str(err))
     doubts = [str(w.message) for w in caught if issubclass(w.category, QualityWarning)]
@@ -691,8 +702,22 @@ def render_overlay(result: ScanSegmentation, path: Path, levels: LevelReport | N
     figure.savefig(path, format="png")
 
 
-def _write_labels(path: Path, result: ScanSegmentation, suffix: str) -> None:
-    """The label map in the format of ``suffix``: a DICOM Segmentation, a Slicer segmentation or an image."""
+def check_label_convention(labels: str, suffix: str | None) -> None:
+    """Refuse an unknown label convention, or SPIDER's instance codes in a format of three segments.
+
+    Raises:
+        SpineSegDiffError: naming ``--labels`` and the problem.
+    """
+    if labels not in LABEL_CONVENTIONS:
+        raise SpineSegDiffError(f"--labels {labels!r}: choose one of {', '.join(LABEL_CONVENTIONS)}")
+    if labels == "spider" and suffix in INSTANCE_FREE_FORMATS:
+        raise SpineSegDiffError(f"--labels spider writes SPIDER's instance codes into a label map: {suffix} holds "
+                                "one segment per structure; choose nii.gz, mha, nrrd or nii")
+
+
+def _write_labels(path: Path, result: ScanSegmentation, suffix: str, codes: np.ndarray | None = None) -> None:
+    """The label map in the format of ``suffix``: a DICOM Segmentation, a Slicer segmentation or an image
+    (``codes``, when given, instead of the classes: SPIDER's instance codes)."""
     if suffix == DICOM_SEG_SUFFIX:
         if result.source is None:
             raise InputError(None, "--format dicom-seg needs a DICOM series folder as input: an array has no "
@@ -702,11 +727,11 @@ def _write_labels(path: Path, result: ScanSegmentation, suffix: str) -> None:
     elif suffix == SEGMENTATION_SUFFIX:
         write_slicer_segmentation(path, result.labels, result.geometry)
     else:
-        write_image(path, result.labels, result.geometry)
+        write_image(path, result.labels if codes is None else codes, result.geometry)
 
 
 def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_format: str | None = None,
-                  ) -> dict[str, Path]:
+                  labels: str = "spinesegdiff") -> dict[str, Path]:
     """Write ``<stem>_seg``, ``<stem>_uncertainty``, ``<stem>_overlay.png`` and ``<stem>.json``, all or none.
 
     The four files are written into a hidden staging folder inside ``out_dir`` and then renamed into place
@@ -714,7 +739,9 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
     disk or a signal leaves none of them, and a set without its JSON is one a killed process did not finish.
     The JSON is strict: an undefined number (no pixels, non-finite uncertainty) is ``null``. With
     ``output_format="dicom-seg"`` the labels are a DICOM Segmentation of the source series (``<stem>_seg.dcm``,
-    :mod:`spinesegdiff.data.dicom_seg`) and the uncertainty a NIfTI ``<stem>_uncertainty.nii.gz``.
+    :mod:`spinesegdiff.data.dicom_seg`) and the uncertainty a NIfTI ``<stem>_uncertainty.nii.gz``. With
+    ``labels="spider"`` the label map holds SPIDER's instance codes
+    (:mod:`~spinesegdiff.pipelines.label_convention`) and the report names them (``label_values``).
 
     Raises:
         InputError: the output folder or a file cannot be written (the message names it); ``dicom-seg`` for an
@@ -722,6 +749,9 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
     """
     out_dir = Path(out_dir)
     suffix = output_suffix(result.source, output_format)
+    check_label_convention(labels, suffix)
+    codes = None if labels == "spinesegdiff" else spider_label_map(result.labels, result.prepared.grid,
+                                                                     result.prepared.indices)
     paths = {
         "segmentation": out_dir / f"{result.stem}_seg{suffix}",
         "uncertainty": out_dir / f"{result.stem}_uncertainty{uncertainty_suffix(suffix)}",
@@ -732,7 +762,7 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
                          uncertainty_zyx=result.uncertainty)  # named levels, measured (mid-sagittal slice)
     with staged_outputs(out_dir) as outputs:
         mark = time.perf_counter()
-        outputs.write(paths["segmentation"], lambda p: _write_labels(p, result, suffix))
+        outputs.write(paths["segmentation"], lambda p: _write_labels(p, result, suffix, codes))
         outputs.write(paths["uncertainty"], lambda p: write_image(p, result.uncertainty, result.geometry))
         outputs.write(paths["overlay"], lambda p: render_overlay(result, p, levels))
         result.timings["write_s"] = time.perf_counter() - mark
@@ -744,6 +774,9 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
             "acquisition_plane": result.prepared.grid.plane,
             "structures": result.statistics(),
             "quality": result.quality,
+            "label_convention": labels,
+            "label_values": (dict(zip(map(str, range(1, 4)), STRUCTURE_NAMES, strict=True)) if codes is None
+                             else spider_value_names(codes)),
             **levels.to_dict(),
             "timings_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.timings.items()},
             "citation": "SPIDER: van der Graaf et al., Scientific Data 11:264 (2024), CC BY 4.0",

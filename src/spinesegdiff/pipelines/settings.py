@@ -45,6 +45,12 @@ def uncertainty_suffix(suffix: str) -> str:
     return _SCALAR_SUFFIXES.get(suffix, suffix)
 
 
+LABEL_CONVENTIONS: tuple[str, ...] = ("spinesegdiff", "spider")
+"""Label values ``predict`` writes: ours (0 background, 1 canal, 2 vertebra, 3 disc) or SPIDER's instance codes
+(:mod:`spinesegdiff.pipelines.label_convention`; label-map image formats only)."""
+INSTANCE_FREE_FORMATS: tuple[str, ...] = (".seg.nrrd", ".dcm")
+"""Formats whose segments are the three structures: they hold our labels only."""
+
 DEFAULT_PRESEG_STEPS = 30
 """``T_pre``, the noise step a presegmentation is refined from when none is asked for."""
 REFINE_STRIDE = 15
