@@ -249,3 +249,46 @@ def test_shipped_pipeline_compiled_gives_the_torch_labels() -> None:
         results[backend] = segmenter.segment(images)
     np.testing.assert_array_equal(results["auto"].labels, results["torch"].labels)
     np.testing.assert_allclose(results["auto"].uncertainty, results["torch"].uncertainty, atol=2e-3)
+
+
+def test_compiled_presegmenter_answers_recent_slices_from_its_cache(tmp_path: Path, cache: Path) -> None:
+    """The mid-sagittal choice presegments candidates, then the sampler asks again for the chosen one."""
+    from spinesegdiff.pipelines import presegmenters
+
+    compiled = presegmenters.load_presegmenter("unet", _checkpoint(tmp_path / "unet.pt", TINY_UNET), device="cpu")
+    calls: list[int] = []
+    run = compiled.graphs.run
+    compiled.graphs.run = lambda name, arrays: calls.append(len(arrays[0])) or run(name, arrays)
+    images = _slices(5)
+    first = compiled(images)
+    assert calls == [5]
+    again = compiled(images[2:3])
+    assert calls == [5] and np.array_equal(again, first[2:3])  # from the cache, no pass
+    again[:] = -1  # a copy: the caller may change it
+    fresh = compiled(np.concatenate([images[:1], 255 - images[:1]]))
+    assert calls == [5, 1] and np.array_equal(fresh[0], first[0])
+    for k in range(presegmenters.CACHED_SLICES):  # older slices are evicted
+        compiled(np.full((1, 320, 320), k, dtype=np.uint8))
+    compiled(images[2:3])
+    assert calls[-1] == 1 and len(calls) == 2 + presegmenters.CACHED_SLICES + 1
+
+
+def test_damaged_ir_is_converted_again_and_a_unet_bundle_is_no_diffusion_model(tmp_path: Path, cache: Path) -> None:
+    from spinesegdiff.errors import InputError
+    from spinesegdiff.pipelines.backends.compiled import bundle_folder
+    from spinesegdiff.pipelines.backends.compiled_segmenter import CompiledSegmenter
+    from spinesegdiff.pipelines.presegmenters import load_presegmenter
+
+    model = _checkpoint(tmp_path / "tiny.pt", TINY)
+    Segmenter.from_checkpoint(model, device="cpu", quiet=True, settings=SamplerSettings(**FAST))
+    graph = bundle_folder(model) / "denoiser.xml"
+    graph.write_text(graph.read_text()[:100])  # truncated: OpenVINO cannot read it (nor find it in its cache)
+    again = Segmenter.from_checkpoint(model, device="cpu", quiet=True, settings=SamplerSettings(**FAST))
+    assert isinstance(again, CompiledSegmenter) and len(graph.read_text()) > 100
+    # a U-Net whose bundle exists is still refused as the diffusion model, and the other way round
+    unet = _checkpoint(tmp_path / "unet.pt", TINY_UNET)
+    load_presegmenter("unet", unet, device="cpu")
+    with pytest.raises(InputError, match="is a segmentation U-Net"):
+        Segmenter.from_checkpoint(unet, device="cpu", quiet=True, settings=SamplerSettings(**FAST))
+    with pytest.raises(InputError, match="not a segmentation U-Net"):
+        load_presegmenter("unet", model, device="cpu")

@@ -84,7 +84,7 @@ def _report(ranks: list[int], slips: dict[int, float]) -> LevelReport:
     return LevelReport(levels=None, discs=discs, vertebrae=vertebrae, note={"doubtful": False, "reason": None})
 
 
-def test_discs_are_matched_to_the_gradings_bottom_up() -> None:
+def test_discs_are_matched_to_the_gradings_by_level() -> None:
     graded = [{"label": 0, "narrowing": 1, "pfirrmann": 4, "spondylolisthesis": 0},
               {"label": 1, "narrowing": 0, "pfirrmann": 2, "spondylolisthesis": 1}]
     compared = compare_patient("107", _report([3, 1, 2], {2: 4.5}), graded)
@@ -95,6 +95,9 @@ def test_discs_are_matched_to_the_gradings_bottom_up() -> None:
     assert compared.discs[1]["slip_mm"] == 4.5 and compared.discs[1]["spondylolisthesis"] == 1
     short = compare_patient("9", _report([1], {}), graded)
     assert short.discs[1]["level"] is None and short.naming["all_graded_named"] is False
+    lumbar = [{**g, "label": g["label"] + 1} for g in graded]  # labels 1 (L5-S1) and 2 (L4-L5)
+    missed = compare_patient("41", _report([2, 3], {}), lumbar)  # no L5-S1 disc found: no shift of the rest
+    assert [r["level"] for r in missed.discs] == [None, "D2"]
 
 
 def test_summary_says_which_target_is_met() -> None:
@@ -222,3 +225,12 @@ def test_the_level_table_for_the_review_page() -> None:
     report["levels"]["doubtful"], report["levels"]["reason"] = True, "a <missing> disc"
     assert "a &lt;missing&gt; disc" in level_table_html(report)
     assert level_table_html({"discs": [], "vertebrae": []}) == ""
+
+
+def test_names_are_compared_on_the_discs_both_segmentations_found() -> None:
+    from spinesegdiff.evaluation.levels import names_agree
+
+    reference = [("L4-L5", (100.0, 50.0)), ("L5-S1", (140.0, 60.0)), ("T12-L1", (10.0, 40.0))]
+    assert names_agree([("L4-L5", (103.0, 52.0)), ("L5-S1", (141.0, 58.0))], reference) is True  # top one missed
+    assert names_agree([("L5-S1", (103.0, 52.0))], reference) is False  # the L4-L5 disc called L5-S1
+    assert names_agree([("L5-S1", (300.0, 52.0))], reference) is None  # nothing found on both

@@ -97,3 +97,21 @@ def test_removed_pixels_move_their_probability_to_the_background() -> None:
     assert (adjusted[0, 1:, 120:150, 40:70] == 0).all()
     assert cleanup.removed_mm2["VB"] == 900.0
     assert probabilities[2, 130, 50] > 0.5, "the input is not modified"
+
+
+def test_in_a_volume_a_slice_beside_the_spine_loses_what_lies_in_front_of_the_midline_column() -> None:
+    midline = _spine()
+    lateral = np.zeros_like(midline)
+    lateral[40:200, 100:141] = VERTEBRA  # a slice through the bodies' side: the same column, no canal
+    psoas = np.zeros_like(midline)
+    psoas[60:260, 30:75] = VERTEBRA  # beside the spine only the psoas, taken for a vertebra: the largest part
+    labels = np.stack([psoas, lateral, midline])
+    probabilities = np.zeros((3, 4, 320, 320), dtype=np.float32)
+    for value in range(4):
+        probabilities[:, value][labels == value] = 1.0
+    _, kept, cleanup = plausible_probabilities(probabilities, labels)
+    assert not kept[0].any(), "25 mm in front of the mid-sagittal column"
+    assert np.array_equal(kept[1], lateral) and np.array_equal(kept[2], midline)
+    assert cleanup.removed_mm2["VB"] == float((psoas > 0).sum())
+    alone, _ = plausible_labels(psoas)
+    assert np.array_equal(alone, psoas), "one slice alone cannot tell"

@@ -6,7 +6,7 @@ cross-validation), and compared with ``radiological_gradings.csv`` (one row per 
 1 = L5-S1 upward; a few patients also have label 0, a disc below their L5-S1 label):
 
 * **naming**: the number of discs named on the slice against the number of discs graded;
-* per disc, matched bottom-up (the lowest named disc with the lowest graded one, and so on):
+* per disc, matched by level (:func:`compare_patient`: ``IVD label`` k with the disc named at rank k):
   AUROC of the *lower* disc height index for ``Disc narrowing``, Spearman's rho of the disc signal ratio with
   the ``Pfirrman grade``, AUROC of the slip of the vertebra above the disc for ``Spondylolisthesis``;
 * each with a 95 % percentile bootstrap interval, resampling patients (all discs of a drawn patient together).
@@ -71,15 +71,22 @@ class PatientLevels:
 
 
 def compare_patient(patient: str, report: LevelReport, graded: Sequence[Mapping[str, int]]) -> PatientLevels:
-    """Match the report's named discs to the graded ones bottom-up and gather the measures beside the grades."""
+    """Match the report's named discs to the graded ones by level and gather the measures beside the grades.
+
+    Graded ``IVD label`` ``k`` is the disc of rank ``k`` (L5-S1 = 1); a patient whose labels start at 0 (a disc
+    graded below its L5-S1 label: transitional anatomy) has them matched from its lowest label up, so the
+    lowest graded disc meets the disc named L5-S1. A graded level with no named disc gets empty measures.
+    """
     named = sorted((d for d in report.discs if d["rank"] is not None), key=lambda d: d["rank"])
     vertebra_of = {v["rank"]: v for v in report.vertebrae if v["rank"] is not None}
     naming = {"patient": patient, "graded_discs": len(graded), "named_discs": len(named),
               "agrees": len(named) == len(graded), "all_graded_named": len(named) >= len(graded),
               "doubtful": bool(report.note["doubtful"]), "reason": report.note["reason"]}
+    disc_of_rank = {d["rank"]: d for d in named}
+    lowest_label = graded[0]["label"] if graded else 1
     rows = []
-    for position, grade in enumerate(graded):
-        disc = named[position] if position < len(named) else None
+    for grade in graded:
+        disc = disc_of_rank.get(grade["label"] - lowest_label + 1)
         above = vertebra_of.get(disc["rank"]) if disc is not None else None
         rows.append({
             "patient": patient, "ivd_label": grade["label"], "level": disc["level"] if disc else None,
@@ -265,30 +272,71 @@ def held_out_patients(run: str | Path) -> tuple[int, set[str]]:
     return fold, {parsed[0] for name in split[fold]["test"] if (parsed := parse_case_name(name))}
 
 
+DiscPlaces = list[tuple[str | None, tuple[float, float]]]
+"""A slice's discs as ``(name, centroid (row_mm, col_mm))``."""
+SAME_DISC_MM = 10.0
+"""Discs of two segmentations of one slice whose centroids are this close are the same disc."""
+
+
+def disc_places(report: LevelReport) -> DiscPlaces:
+    return [(level.name, level.centroid_mm) for level in report.levels.discs]
+
+
+def names_agree(found: DiscPlaces, reference: DiscPlaces, *, within_mm: float = SAME_DISC_MM) -> bool | None:
+    """Do the discs found on both segmentations (centroids within ``within_mm``) carry the same names?
+    ``None`` when no disc is on both."""
+    pairs = []
+    for name, centre in found:
+        distances = [np.hypot(centre[0] - c[0], centre[1] - c[1]) for _, c in reference]
+        if distances and min(distances) <= within_mm:
+            pairs.append(name == reference[int(np.argmin(distances))][0])
+    return all(pairs) if pairs else None
+
+
 @dataclass(frozen=True)
 class LevelsResult:
-    """One source's comparison over the cohort: naming rows, disc rows, and the summary."""
+    """One source's comparison over the cohort: naming rows, disc rows, the summary, and each patient's discs
+    (names and places, to compare the naming of two sources)."""
 
     source: str
     naming: list[dict[str, Any]]
     discs: list[dict[str, Any]]
     summary: dict[str, Any]
+    places: dict[str, DiscPlaces]
 
 
 def evaluate_source(source: str, slices: Iterable[tuple[str, Any]], gradings: Mapping[str, list[dict[str, int]]],
-                    *, resamples: int = 2000, seed: int = 0) -> LevelsResult:
+                    *, reference: Mapping[str, DiscPlaces] | None = None, resamples: int = 2000,
+                    seed: int = 0) -> LevelsResult:
     """Measure every ``(patient, slice)`` and compare it with the patient's gradings (patients without
-    gradings are left out)."""
+    gradings are left out), and, given the ``reference`` source's discs, whether the discs found on both
+    carry the same names (``names_as_reference``)."""
     from spinesegdiff.anatomy import measure_levels
 
-    naming, discs = [], []
+    naming, discs, places = [], [], {}
     for patient, scan in slices:
         if patient not in gradings:
             continue
-        compared = compare_patient(patient, measure_levels(scan), gradings[patient])
-        naming.append({"source": source, **compared.naming})
+        report = measure_levels(scan)
+        places[patient] = disc_places(report)
+        compared = compare_patient(patient, report, gradings[patient])
+        row = {"source": source, **compared.naming}
+        if reference is not None:
+            row["names_as_reference"] = names_agree(places[patient], reference.get(patient, []))
+        naming.append(row)
         discs += [{"source": source, **row} for row in compared.discs]
-    return LevelsResult(source, naming, discs, summarise(naming, discs, resamples=resamples, seed=seed))
+    summary = summarise(naming, discs, resamples=resamples, seed=seed)
+    if reference is not None:
+        judged = [n for n in naming if n["names_as_reference"] is not None]
+        share = float(np.mean([n["names_as_reference"] for n in judged])) if judged else float("nan")
+        summary["names_as_reference"] = {
+            "kind": "share", "what": "patients whose discs found on both the prediction and the reference mask "
+                                     "carry the same names (secondary)",
+            "value": share, "ci95": list(bootstrap_interval(
+                [{"patient": n["patient"], "ok": n["names_as_reference"]} for n in judged],
+                lambda rows: float(np.mean([r["ok"] for r in rows])), resamples=resamples, seed=seed)),
+            "patients": len(judged)}
+    return LevelsResult(source, naming, discs, summary, places)
 
 
 def evaluate_levels(data: str | Path, metadata: str | Path, *, runs: str | None = None,
@@ -315,7 +363,7 @@ def evaluate_levels(data: str | Path, metadata: str | Path, *, runs: str | None 
         if missing:
             raise InputError(runs, f"no run of folds {list(folds)} holds out patients {', '.join(missing)}")
         results.append(evaluate_source("held-out U-Net", _predicted(cases, runs, held, device), gradings,
-                                       resamples=resamples, seed=seed))
+                                       reference=results[0].places, resamples=resamples, seed=seed))
     return results
 
 
@@ -354,13 +402,19 @@ def levels_markdown(results: Sequence[LevelsResult], commands: Sequence[str]) ->
              "Each statistic: value [95 % bootstrap interval over patients] (discs, patients).", "",
              "| statistic | " + " | ".join(r.source for r in results) + " | target |",
              "|---|" + "---|" * len(results) + "---|"]
-    keys = ["naming_agreement", *MEASURES]
+    keys = ["naming_agreement", "names_as_reference", *MEASURES]
     for key in keys:
-        first = results[0].summary[key]
+        present = [r.summary[key] for r in results if key in r.summary]
+        if not present:
+            continue
+        first = present[0]
         cells = []
         for result in results:
-            s = result.summary[key]
-            count = f"{s['patients']} patients" if key == "naming_agreement" else f"{s['discs']} discs"
+            s = result.summary.get(key)
+            if s is None:
+                cells.append("")
+                continue
+            count = f"{s['patients']} patients" if s["kind"] == "share" else f"{s['discs']} discs"
             met = "" if "met" not in s else (" met" if s["met"] else " not met")
             cells.append(f"{_format(s['value'])} [{_format(s['ci95'][0])}, {_format(s['ci95'][1])}] "
                          f"({count}){met}")
@@ -392,7 +446,8 @@ def write_levels_report(out: str | Path, results: Sequence[LevelsResult], comman
     def table(rows: list[dict[str, Any]]) -> Callable[[Path], None]:
         def write(path: Path) -> None:
             with path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["source"])
+                fields = list(dict.fromkeys(key for row in rows for key in row)) or ["source"]
+                writer = csv.DictWriter(handle, fieldnames=fields)  # a key a source lacks stays empty
                 writer.writeheader()
                 writer.writerows(rows)
         return write

@@ -10,7 +10,9 @@ model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to po
    structure in the abdomen or the psoas, more than a centimetre from anything, is not);
 2. a canal part of the spine is kept only when it is not in front of the column of vertebrae and discs (its
    centre behind the column's anterior border at its rows);
-3. parts under :data:`MIN_PART_MM2` are dropped (real results hold at most 0.5 % of their area in such parts).
+3. parts under :data:`MIN_PART_MM2` are dropped (real results hold at most 0.5 % of their area in such parts);
+4. in a volume (``--volume``), parts centred more than :data:`MAX_IN_FRONT_MM` in front of the column of the
+   mid-sagittal slice are dropped on every slice (see :func:`plausible_probabilities`).
 
 Removed pixels become background; their probability mass moves to the background class, so the label map
 restored on the scan's grid follows, while the uncertainty map is left as the sampler made it (it still shows
@@ -29,6 +31,9 @@ from spinesegdiff.data.preprocess import MODEL_SPACING_MM
 
 MAX_GAP_MM = 12.0
 """A part joins the spine within this distance of it (a lumbar disc is 8-12 mm high)."""
+MAX_IN_FRONT_MM = 15.0
+"""In a volume, parts centred further than this in front of the mid-sagittal column are removed (the front of
+the vertebral bodies is the spine's front; the aorta and the psoas lie further forward)."""
 MIN_PART_MM2 = 20.0
 """Connected parts smaller than this are dropped."""
 MIN_ANCHOR_MM2 = 300.0
@@ -140,13 +145,42 @@ def plausible_labels(labels: np.ndarray) -> tuple[np.ndarray, Cleanup]:
     return np.where(keep, labels, 0).astype(labels.dtype), cleanup
 
 
+def _in_front_of(labels: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, int]:
+    """The parts of ``labels`` whose centre lies more than :data:`MAX_IN_FRONT_MM` in front of ``border`` (one
+    column per row), and how many there are."""
+    parts, count = ndimage.label(labels > 0, structure=_EIGHT)
+    if count == 0:
+        return np.zeros(labels.shape, dtype=bool), 0
+    drop = np.zeros(count + 1, dtype=bool)
+    centres = ndimage.center_of_mass(labels > 0, parts, range(1, count + 1))
+    for k, (row, col) in enumerate(centres, start=1):
+        drop[k] = col < border[round(row)] - MAX_IN_FRONT_MM / MODEL_SPACING_MM
+    return drop[parts], int(drop.sum())
+
+
+def _volume_border(labels: np.ndarray) -> np.ndarray | None:
+    """The spinal column's anterior border on the slice that shows the most canal (the mid-sagittal one), per
+    row; ``None`` when no slice has a column."""
+    reference = labels[int(np.argmax((labels == SPINAL_CANAL).sum(axis=(1, 2))))]
+    spine = _grown_spine(reference > 0)
+    if spine is None:
+        return None
+    column = spine & ((reference == VERTEBRA) | (reference == DISC))
+    return _anterior_border(column) if column.any() else None
+
+
 def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,
                             ) -> tuple[np.ndarray, np.ndarray, Cleanup]:
     """Apply :func:`plausible_labels` to ``N`` slices and move the removed pixels' mass to the background.
 
+    With several slices of one scan (``--volume``), a slice beside the spine may hold no spine at all, only
+    structures drawn where none are (the psoas taken for vertebrae): there the largest part is no anchor. So the
+    column's anterior border on the slice with the most canal (the mid-sagittal one) also bounds every other
+    slice: parts whose centre lies more than :data:`MAX_IN_FRONT_MM` in front of it are removed.
+
     Args:
         class_probabilities: ``(N, 4, H, W)`` float32, background first, summing to 1.
-        labels: ``(N, H, W)`` their argmax.
+        labels: ``(N, H, W)`` their argmax, the slices of one scan on the same model grid.
 
     Returns:
         The adjusted probabilities (a copy, still summing to 1), the kept labels ``(N, H, W)`` and what was
@@ -155,8 +189,15 @@ def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,
     probabilities = class_probabilities.copy()
     kept_labels = np.empty_like(labels)
     total = Cleanup()
+    border = _volume_border(labels) if labels.shape[0] > 1 else None
     for n in range(labels.shape[0]):
         kept_labels[n], cleanup = plausible_labels(labels[n])
+        if border is not None:
+            in_front, parts = _in_front_of(kept_labels[n], border)
+            for value, abbreviation in zip((SPINAL_CANAL, VERTEBRA, DISC), STRUCTURE_ABBREVIATIONS, strict=True):
+                cleanup.removed_mm2[abbreviation] += float((in_front & (kept_labels[n] == value)).sum())
+            cleanup.parts_removed += parts
+            kept_labels[n][in_front] = 0
         removed = (labels[n] > 0) & (kept_labels[n] == 0)
         if removed.any():
             slice_probabilities = probabilities[n]  # a view: (4, H, W)

@@ -98,6 +98,8 @@ class ScanSegmentation:
         quality: does the central segmented slice look like a lumbar spine:
             ``{"verdict": "ok" | "doubtful", "reasons": [...], "measures": {...}}``
             (:func:`~spinesegdiff.pipelines.checks.spine_quality`; implausible results are refused).
+        levels: the levels named and measured on the mid-sagittal slice (:func:`~spinesegdiff.anatomy.scan_levels`),
+            filled by :func:`write_outputs` when ``None``.
     """
 
     source: Path | None
@@ -111,6 +113,7 @@ class ScanSegmentation:
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    levels: LevelReport | None = None
 
     def statistics(self) -> dict[str, Any]:
         """Per structure: area (mm^2, central-slice mode) or volume (mm^3), mean and max uncertainty."""
@@ -661,9 +664,9 @@ def output_suffix(source: Path | None, requested: str | None) -> str:
     return {"": ".nii.gz", ".mhd": ".mha", ".nhdr": ".nrrd"}.get(suffix, suffix)
 
 
-def render_overlay(result: ScanSegmentation, path: Path, levels: LevelReport | None = None) -> None:
+def render_overlay(result: ScanSegmentation, path: Path) -> None:
     """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap, and the
-    level names of ``levels`` (:func:`~spinesegdiff.anatomy.scan_levels`) beside the spine.
+    level names of ``result.levels`` (when measured) beside the spine.
 
     Drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas: no pyplot, no global backend change.
     """
@@ -695,8 +698,8 @@ def render_overlay(result: ScanSegmentation, path: Path, levels: LevelReport | N
     figure.colorbar(shown, ax=axes[1], fraction=0.04)
     handles = [Patch(color=colours[k + 1], label=name) for k, name in enumerate(STRUCTURE_NAMES)]
     axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.8)
-    if levels is not None and levels.note["slice"] == index:
-        draw_level_names(axes[0], levels, grid.rows.native_spacing, grid.cols.native_spacing)
+    if result.levels is not None and result.levels.note["slice"] == index:
+        draw_level_names(axes[0], result.levels, grid.rows.native_spacing, grid.cols.native_spacing)
     figure.suptitle(f"{result.stem}: sagittal slice {index} ({result.settings['mode']})", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, format="png")
@@ -758,13 +761,14 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
         "overlay": out_dir / f"{result.stem}_overlay.png",
         "report": out_dir / f"{result.stem}.json",
     }
-    levels = scan_levels(result.labels, result.prepared.grid, result.prepared.indices, image_zyx=result.image,
-                         uncertainty_zyx=result.uncertainty)  # named levels, measured (mid-sagittal slice)
+    if result.levels is None:  # the levels named and measured on the mid-sagittal slice
+        result.levels = scan_levels(result.labels, result.prepared.grid, result.prepared.indices,
+                                    image_zyx=result.image, uncertainty_zyx=result.uncertainty)
     with staged_outputs(out_dir) as outputs:
         mark = time.perf_counter()
         outputs.write(paths["segmentation"], lambda p: _write_labels(p, result, suffix, codes))
         outputs.write(paths["uncertainty"], lambda p: write_image(p, result.uncertainty, result.geometry))
-        outputs.write(paths["overlay"], lambda p: render_overlay(result, p, levels))
+        outputs.write(paths["overlay"], lambda p: render_overlay(result, p))
         result.timings["write_s"] = time.perf_counter() - mark
         report = {
             "input": None if result.source is None else str(result.source),
@@ -777,7 +781,7 @@ def write_outputs(result: ScanSegmentation, out_dir: str | Path, *, output_forma
             "label_convention": labels,
             "label_values": (dict(zip(map(str, range(1, 4)), STRUCTURE_NAMES, strict=True)) if codes is None
                              else spider_value_names(codes)),
-            **levels.to_dict(),
+            **result.levels.to_dict(),
             "timings_s": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.timings.items()},
             "citation": "SPIDER: van der Graaf et al., Scientific Data 11:264 (2024), CC BY 4.0",
         }

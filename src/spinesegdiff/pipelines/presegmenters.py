@@ -12,6 +12,8 @@ patient, so the refiner learns from the errors a presegmenter makes on unseen sc
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -85,6 +87,10 @@ class UNetPresegmenter:
         return np.concatenate(outputs).astype(np.float32)
 
 
+CACHED_SLICES = 16
+"""Presegmented slices :class:`CompiledPresegmenter` keeps (1.6 MB each)."""
+
+
 class CompiledPresegmenter(UNetPresegmenter):
     """The built-in U-Net as a compiled OpenVINO graph, run without PyTorch
     (:mod:`~spinesegdiff.pipelines.backends.compiled`); same outputs as :class:`UNetPresegmenter` to float
@@ -106,6 +112,7 @@ class CompiledPresegmenter(UNetPresegmenter):
 
         self.source = source
         self.batch = batch
+        self._recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.train_config = manifest.get("train_config") or None
         self.graphs = CompiledGraphs(folder, manifest, precision="fp32")
 
@@ -113,24 +120,20 @@ class CompiledPresegmenter(UNetPresegmenter):
     def from_checkpoint(cls, path: str | Path | None = None, *, device: torch.device | str = "cpu",  # type: ignore[override]
                         cache: Path | None = None) -> CompiledPresegmenter | None:
         """The compiled U-Net of a checkpoint or run folder (``None``: the shipped one), converted now when its
-        bundle is missing; ``None`` without OpenVINO or with an unwritable cache.
+        bundle is missing; ``None`` without OpenVINO, with an unwritable cache, or for a file that is not a
+        segmentation U-Net (:meth:`UNetPresegmenter.from_checkpoint` then says why).
 
         Raises:
-            InputError: the file is not a segmentation U-Net (or not a model file at all).
+            MissingInputError, InputError: no such file, or not a model file at all.
         """
-        from spinesegdiff.pipelines.backends.compiled import compiled_bundle
+        from spinesegdiff.pipelines.backends.compiled import build_compiled
         from spinesegdiff.pipelines.backends.openvino import openvino_available
 
         if not openvino_available():
             return None
         file = _unet_file(path)
-        bundle = compiled_bundle(file, variant_check=lambda config: config.variant == "unet", cache=cache)
-        if bundle is None:
-            return None
-        if bundle[1]["model_config"].get("variant") != "unet":
-            raise InputError(file, f"is a {bundle[1]['model_config'].get('variant')!r} model, not a segmentation "
-                                   "U-Net (--variant unet)")
-        return cls(file, *bundle)
+        return build_compiled(file, lambda folder, manifest: cls(file, folder, manifest),
+                              variant_check=lambda config: config.variant == "unet", cache=cache)
 
     def torch_twin(self, device: torch.device | str = "cpu") -> UNetPresegmenter:
         """The same U-Net in PyTorch (for ``--backend torch`` and GPUs)."""
@@ -144,10 +147,22 @@ class CompiledPresegmenter(UNetPresegmenter):
         return torch.from_numpy(outputs).to(image.device)
 
     def __call__(self, images_u8: np.ndarray) -> np.ndarray:
-        images = np.asarray(images_u8)
-        outputs = [self.graphs.run("unet", [to_network_range(images[start:start + self.batch])[:, None]])[0]
-                   for start in range(0, len(images), self.batch)]
-        return np.concatenate(outputs).astype(np.float32)
+        """Slices it has just seen (the mid-sagittal choice presegments the slice it then hands to the sampler)
+        are answered from a small cache of the last :data:`CACHED_SLICES` slices, keyed by their bytes."""
+        images = np.asarray(images_u8, dtype=np.uint8)
+        keys = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+        missing = [k for k, key in enumerate(keys) if key not in self._recent]
+        for start in range(0, len(missing), self.batch):
+            rows = missing[start:start + self.batch]
+            outputs = self.graphs.run("unet", [to_network_range(images[rows])[:, None]])[0].astype(np.float32)
+            for row, output in zip(rows, outputs, strict=True):
+                self._recent[keys[row]] = output
+        result = np.stack([self._recent[key] for key in keys])
+        for key in keys:
+            self._recent.move_to_end(key)
+        while len(self._recent) > CACHED_SLICES:
+            self._recent.popitem(last=False)
+        return result  # np.stack made a new array: the cache is not exposed
 
 
 def _unet_file(path: str | Path | None) -> Path:

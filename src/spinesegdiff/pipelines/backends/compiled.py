@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -189,10 +190,12 @@ class CompiledGraphs:
 def compiled_bundle(model_file: Path, *, variant_check, cache: Path | None = None) -> tuple[Path, dict] | None:
     """The bundle of ``model_file`` (converted now, with PyTorch, when absent), or ``None`` when it cannot be
     had: ``variant_check(model_config)`` false, or an unwritable cache; a bad model file raises its error."""
+    from spinesegdiff.models.config import ModelConfig
+
     folder = bundle_folder(model_file, cache)
     manifest = read_manifest(folder)
     if manifest is not None:
-        return folder, manifest
+        return (folder, manifest) if variant_check(ModelConfig.from_dict(manifest["model_config"])) else None
     from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model
 
     network, config, payload = load_model(model_file, map_location="cpu")
@@ -207,10 +210,27 @@ def compiled_bundle(model_file: Path, *, variant_check, cache: Path | None = Non
     return folder, manifest
 
 
+def build_compiled(model_file: Path, build, *, variant_check, cache: Path | None = None):
+    """``build(folder, manifest)`` on the bundle of ``model_file`` (:func:`compiled_bundle`), or ``None`` where
+    there is none. A bundle OpenVINO cannot compile (a damaged file) is converted again once, then given up."""
+    for attempt in range(2):
+        bundle = compiled_bundle(model_file, variant_check=variant_check, cache=cache)
+        if bundle is None:
+            return None
+        try:
+            return build(*bundle)
+        except RuntimeError:  # OpenVINO's error for an unreadable or inconsistent IR
+            if attempt:
+                return None
+            shutil.rmtree(bundle[0], ignore_errors=True)
+    return None
+
+
 def repeat_rows(array: np.ndarray, rows: int) -> np.ndarray:
     """``(B, ...)`` -> ``(rows, ...)``, each row repeated ``rows // B`` times (image-major)."""
     return array if array.shape[0] == rows else np.repeat(array, rows // array.shape[0], axis=0)
 
 
-__all__ = ["BUNDLE_FORMAT", "CompiledGraphs", "TorchCompatibleNormal", "bundle_folder", "compiled_bundle",
+__all__ = ["BUNDLE_FORMAT", "CompiledGraphs", "TorchCompatibleNormal", "build_compiled", "bundle_folder",
+           "compiled_bundle",
            "cpu_without_torch", "export_bundle", "file_digest", "gpu_possible", "read_manifest", "runtime_threads"]

@@ -21,7 +21,7 @@ from spinesegdiff.pipelines.backends import numpy_sampler
 from spinesegdiff.pipelines.backends.compiled import (
     CompiledGraphs,
     TorchCompatibleNormal,
-    compiled_bundle,
+    build_compiled,
     cpu_without_torch,
     repeat_rows,
 )
@@ -47,11 +47,13 @@ def compiled_segmenter(model_file: Path, model_name: str, *, device: str = "auto
     if presegmenter is not None and not hasattr(presegmenter, "torch_twin") and hasattr(presegmenter, "device") \
             and str(presegmenter.device) != "cpu":
         return None
-    bundle = compiled_bundle(model_file, variant_check=lambda config: config.variant != "unet", cache=cache)
-    if bundle is None:
-        return None
-    cpu_without_torch(device, quiet=quiet)  # says "no CUDA GPU found" once, as the PyTorch path would
-    return CompiledSegmenter(*bundle, settings=settings, presegmenter=presegmenter, model_name=model_name)
+    segmenter = build_compiled(
+        model_file, lambda folder, manifest: CompiledSegmenter(folder, manifest, settings=settings,
+                                                               presegmenter=presegmenter, model_name=model_name),
+        variant_check=lambda config: config.variant != "unet", cache=cache)
+    if segmenter is not None:
+        cpu_without_torch(device, quiet=quiet)  # says "no CUDA GPU found" once, as the PyTorch path would
+    return segmenter
 
 
 class CompiledSegmenter:
@@ -59,7 +61,8 @@ class CompiledSegmenter:
     ``describe``, ``model_name``, ``model_config``, ``train_config``, ``device``, ``settings``, ``presegmenter``).
 
     Args:
-        folder, manifest: the bundle (:func:`~spinesegdiff.pipelines.backends.compiled.compiled_bundle`).
+        folder, manifest: the bundle (:func:`~spinesegdiff.pipelines.backends.compiled.compiled_bundle`);
+            OpenVINO's ``RuntimeError`` when it cannot be compiled.
         settings: sampler settings (``eta = 0``).
         presegmenter: any presegmenter (``uint8 (N, H, W)`` -> ``(N, 4, H, W)`` probabilities), or ``None``.
         model_name: how reports name the model.
