@@ -239,3 +239,17 @@ def test_volume_results_report_levels_on_the_mid_sagittal_slice() -> None:
     report = scan_levels(phantom.labels, grid, list(range(grid.num_sagittal)), image_zyx=phantom.image)
     assert report.note["slice"] == grid.central_index == 2
     assert scan_levels(phantom.labels, grid, [0, 4, 3]).note["slice"] == 3  # the nearest segmented slice
+
+
+def test_local_morphology_equals_scipys_on_the_whole_image() -> None:
+    from scipy import ndimage
+
+    from spinesegdiff.anatomy.measures import dilate, erode
+
+    mask = np.zeros((60, 40), dtype=bool)
+    mask[10:25, 5:30] = True
+    mask[0:3, 0:40] = True  # on the image's edge
+    mask[50, 20] = True
+    np.testing.assert_array_equal(dilate(mask, 3), ndimage.binary_dilation(mask, iterations=3))
+    np.testing.assert_array_equal(erode(mask), ndimage.binary_erosion(mask))
+    assert not dilate(np.zeros((5, 5), dtype=bool), 2).any() and not erode(np.zeros((5, 5), dtype=bool)).any()

@@ -101,6 +101,33 @@ def is_t2_like(scan: SagittalSlice) -> bool | None:
     return bool(np.median(scan.image[scan.canal]) > T2_CANAL_OVER_BODY * np.median(scan.image[scan.vertebra]))
 
 
+def _local(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` grown by ``margin`` pixels (clipped), or ``None`` when it is empty."""
+    boxes = ndimage.find_objects(mask.astype(np.uint8))
+    if not boxes or boxes[0] is None:
+        return None
+    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(boxes[0], mask.shape,
+                                                                                         strict=True))
+
+
+def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_dilation` computed in the mask's bounding box only (same result)."""
+    out = np.zeros_like(mask, dtype=bool)
+    box = _local(mask, iterations + 1)
+    if box is not None:
+        out[box] = ndimage.binary_dilation(mask[box], iterations=iterations)
+    return out
+
+
+def erode(mask: np.ndarray) -> np.ndarray:
+    """:func:`scipy.ndimage.binary_erosion` (one step) computed in the mask's bounding box only."""
+    out = np.zeros_like(mask, dtype=bool)
+    box = _local(mask, 1)
+    if box is not None:
+        out[box] = ndimage.binary_erosion(mask[box])
+    return out
+
+
 @dataclass(frozen=True)
 class Variants:
     """The three pixel sets of a structure: as segmented, confident only, and with its uncertain rim."""
@@ -115,7 +142,7 @@ class Variants:
         reach = max(1, round(UNCERTAIN_REACH_MM / min(self.scan.row_mm, self.scan.col_mm)))
 
         def generous(mask: np.ndarray) -> np.ndarray:  # the boundary may lie anywhere in the uncertain rim
-            return mask | (ndimage.binary_dilation(mask, iterations=reach) & uncertain)
+            return mask | (dilate(mask, reach) & uncertain)
 
         return (lambda mask: mask), (lambda mask: mask & ~uncertain), generous
 
@@ -123,7 +150,7 @@ class Variants:
         """Mean entropy of the structure's edge pixels (``None`` without a heatmap or pixels)."""
         if self.scan.uncertainty is None or not mask.any():
             return None
-        edge = mask & ~ndimage.binary_erosion(mask)
+        edge = mask & ~erode(mask)
         return float(self.scan.uncertainty[edge].mean())
 
 
@@ -179,12 +206,12 @@ def signal_ratio(scan: SagittalSlice, disc: np.ndarray, frame: Frame, disc_point
     """
     if scan.image is None:
         return None
-    inner = ndimage.binary_erosion(disc)
+    inner = erode(disc)
     inner = inner if inner.sum() >= 10 else disc
     along, _ = frame.coordinates(scan.points_mm(inner))
     low, high = np.percentile(along, [1, 99])
     nucleus = np.abs(along - (low + high) / 2) <= NUCLEUS_SHARE / 2 * (high - low)
-    csf = ndimage.binary_erosion(scan.canal)
+    csf = scan.canal_inner
     _, inside = canal_ap_mm(csf, disc_points, frame, scan, width=2 * strip_mm(scan))
     if not inside.any() or not nucleus.any():
         return None

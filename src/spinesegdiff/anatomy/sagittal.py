@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -53,6 +54,13 @@ class SagittalSlice:
     @property
     def canal(self) -> np.ndarray:
         return self.labels == SPINAL_CANAL
+
+    @cached_property
+    def canal_inner(self) -> np.ndarray:
+        """The canal one pixel in from its edge (the CSF, away from partial-volume edges)."""
+        from scipy import ndimage
+
+        return ndimage.binary_erosion(self.canal)
 
     @property
     def vertebra(self) -> np.ndarray:

@@ -445,25 +445,35 @@ def predict_scans(
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     check_label_convention(labels, output_suffix(None, output_format) if output_format else None)
     inputs, plan = _plan_scans(input, input_list, where, output, output_format, shard)
-    if summary is None:
-        summary = shard is not None or skip_existing
-    table = summary_path(output, shard) if summary else None
-    if table is not None:
-        check_summary(table)
+    table = _checked_summary(output, shard, summary if summary is not None else shard is not None or skip_existing)
     spec = SegmenterSpec(model=model, device=device, settings=settings, quiet=quiet, preseg=preseg,
                          preseg_model=preseg_model)
-    presegmenter = spec.presegmenter()  # an unknown or unusable presegmenter choice fails here, before any scan
     work = ScanWork(output=Path(output), volume=volume, output_format=output_format,
                     total=len(inputs.skipped) + len(plan), keep_all_parts=keep_all_parts, slice_index=slice_index,
                     labels=labels)
-    if engine is None:
-        run_scans = partial(_segment_in_process, partial(spec.load_with, presegmenter), work)
-    else:
-        from spinesegdiff.pipelines.cluster import ray_scan_runner
-
-        run_scans = ray_scan_runner(engine, spec, work)
+    run_scans = _scan_runner(spec, work, engine)
     return _predict_each(plan, inputs.skipped, run_scans, progress=progress, skip_existing=skip_existing,
                          summary=table, summarise_left_out=shard is None or shard.index == 1)
+
+
+def _checked_summary(output: str | Path, shard: Shard | None, wanted: bool) -> Path | None:
+    """The summary file of the run (``None`` when not ``wanted``), refused before any work when a file of that
+    name is not a summary."""
+    table = summary_path(output, shard) if wanted else None
+    if table is not None:
+        check_summary(table)
+    return table
+
+
+def _scan_runner(spec: SegmenterSpec, work: ScanWork, engine: RayEngine | None) -> ScanRunner:
+    """In this process (the presegmenter loaded now: a bad choice fails before any scan), or on Ray workers."""
+    if engine is None:
+        presegmenter = spec.presegmenter()
+        return partial(_segment_in_process, partial(spec.load_with, presegmenter), work)
+    from spinesegdiff.pipelines.cluster import ray_scan_runner
+
+    spec.presegmenter()  # the same check before the workers start
+    return ray_scan_runner(engine, spec, work)
 
 
 def _plan_scans(input: str | Path | None, input_list: str | Path | None, where: dict[str, str] | None,
