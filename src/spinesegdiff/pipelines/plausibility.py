@@ -8,8 +8,9 @@ model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to po
    part joins when it lies within :data:`MAX_GAP_MM` of the spine grown so far (a missing disc leaves a gap of
    about one disc height, and the spinous processes lie across the canal, so the whole spine is kept; a
    structure in the abdomen or the psoas, more than a centimetre from anything, is not);
-2. a canal part of the spine is kept only when it is not in front of the column of vertebrae and discs (its
-   centre behind the column's anterior border at its rows);
+2. a canal part of the spine is kept only when the vertebral bodies lie in front of it: at the rows it spans,
+   at least :data:`MIN_FRONT_SHARE` as much vertebra and disc lies in front of it as behind it (a vessel drawn
+   as canal along the front of the bodies has the whole column behind it);
 3. parts under :data:`MIN_PART_MM2` are dropped (real results hold at most 0.5 % of their area in such parts);
 4. in a volume (``--volume``), parts centred more than :data:`MAX_IN_FRONT_MM` in front of the column of the
    mid-sagittal slice are dropped on every slice (see :func:`plausible_probabilities`).
@@ -34,6 +35,8 @@ MAX_GAP_MM = 12.0
 MAX_IN_FRONT_MM = 15.0
 """In a volume, parts centred further than this in front of the mid-sagittal column are removed (the front of
 the vertebral bodies is the spine's front; the aorta and the psoas lie further forward)."""
+MIN_FRONT_SHARE = 0.5
+"""A canal part is kept when the column in front of it (the bodies) is at least half the column behind it."""
 MIN_PART_MM2 = 20.0
 """Connected parts smaller than this are dropped."""
 MIN_ANCHOR_MM2 = 300.0
@@ -97,15 +100,26 @@ def _anterior_border(column: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(column.shape[0]), rows, first[rows])
 
 
+def _column_around(part: np.ndarray, column: np.ndarray) -> tuple[int, int]:
+    """Column pixels in front of and behind ``part``, row by row over the rows it spans."""
+    rows = np.flatnonzero(part.any(axis=1))
+    first = np.argmax(part[rows], axis=1)
+    last = part.shape[1] - 1 - np.argmax(part[rows, ::-1], axis=1)
+    columns = np.arange(part.shape[1])[None, :]
+    in_front = column[rows] & (columns < first[:, None])
+    behind = column[rows] & (columns > last[:, None])
+    return int(in_front.sum()), int(behind.sum())
+
+
 def _canal_not_in_front(canal: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """The canal parts whose centre lies behind the column's anterior border at their rows."""
+    """The canal parts with the vertebral bodies in front of them: at the rows a part spans, at least
+    :data:`MIN_FRONT_SHARE` as much column (bodies, discs) lies in front of it as behind it (the posterior
+    elements). A vessel drawn as canal along the front of the bodies has nearly all of the column behind it."""
     parts, count = ndimage.label(canal, structure=_EIGHT)
-    if count == 0 or not column.any():
-        return canal
-    border = _anterior_border(column)
     keep = np.zeros(count + 1, dtype=bool)
-    for k, (row, col) in enumerate(ndimage.center_of_mass(canal, parts, range(1, count + 1)), start=1):
-        keep[k] = col >= border[round(row)]
+    for k in range(1, count + 1):
+        in_front, behind = _column_around(parts == k, column)
+        keep[k] = in_front >= MIN_FRONT_SHARE * behind and in_front > 0
     return keep[parts]
 
 
