@@ -225,7 +225,7 @@ def test_manifest_records_the_schedule(tmp_path: Path, cache: Path) -> None:
 
     model = _checkpoint(tmp_path / "tiny.pt", TINY)
     Segmenter.from_checkpoint(model, device="cpu", quiet=True, settings=SamplerSettings(**FAST))
-    manifest = json.loads((bundle_folder(model) / "manifest.json").read_text())
+    manifest = json.loads((bundle_folder(model) / "manifest.json").read_text(encoding="utf-8"))
     np.testing.assert_allclose(manifest["alphas_cumprod"], make_schedule("cosine").alphas_cumprod.numpy(), rtol=0,
                                atol=0)
     assert manifest["graphs"] == ["denoiser", "encoder"] and manifest["scheduler"]["schedule"] == "cosine"
@@ -282,9 +282,9 @@ def test_damaged_ir_is_converted_again_and_a_unet_bundle_is_no_diffusion_model(t
     model = _checkpoint(tmp_path / "tiny.pt", TINY)
     Segmenter.from_checkpoint(model, device="cpu", quiet=True, settings=SamplerSettings(**FAST))
     graph = bundle_folder(model) / "denoiser.xml"
-    graph.write_text(graph.read_text()[:100])  # truncated: OpenVINO cannot read it (nor find it in its cache)
+    graph.write_text(graph.read_text("utf-8")[:100])  # truncated: OpenVINO cannot read it (nor find it in its cache)
     again = Segmenter.from_checkpoint(model, device="cpu", quiet=True, settings=SamplerSettings(**FAST))
-    assert isinstance(again, CompiledSegmenter) and len(graph.read_text()) > 100
+    assert isinstance(again, CompiledSegmenter) and len(graph.read_text(encoding="utf-8")) > 100
     # a U-Net whose bundle exists is still refused as the diffusion model, and the other way round
     unet = _checkpoint(tmp_path / "unet.pt", TINY_UNET)
     load_presegmenter("unet", unet, device="cpu")

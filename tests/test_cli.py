@@ -85,7 +85,7 @@ def test_preprocess_real_subset(spider_subset: Path, tmp_path: Path) -> None:
     assert main(["preprocess", "--data", str(spider_subset), "--out", str(out), "--quiet"]) == 0
     cache = load_cache(out)
     assert len(cache) == 33 and not any(e.oblique for e in cache.entries)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["settings"]["contrast_set"] == "T1w+T2w"
     first = cache.entries[0]
     assert cache.grids[first.case].num_sagittal == 9 and first.slice_index == 4
@@ -98,7 +98,7 @@ def test_split_command(make_spider_folder, tmp_path: Path, capsys) -> None:
     root = make_spider_folder([(str(p), "t2") for p in range(1, 7)], shape=(2, 32, 32))
     out = tmp_path / "splits_final.json"
     assert main(["split", "--data", str(root), "--out", str(out), "--folds", "3"]) == 0
-    split = json.loads(out.read_text())
+    split = json.loads(out.read_text(encoding="utf-8"))
     assert len(split) == 3 and all(len(f["test"]) == 2 for f in split)
 
 
@@ -193,7 +193,7 @@ def test_existing_non_cache_folder_is_not_overwritten(make_spider_folder, tmp_pa
     precious.mkdir()
     (precious / "thesis.tex").write_text("do not delete")
     _assert_clean_failure(_preprocess(root, precious), "is not a cache this package wrote")
-    assert (precious / "thesis.tex").read_text() == "do not delete"
+    assert (precious / "thesis.tex").read_text(encoding="utf-8") == "do not delete"
 
 
 def test_folder_with_a_foreign_manifest_is_not_overwritten(make_spider_folder, tmp_path: Path) -> None:

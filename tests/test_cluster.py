@@ -82,7 +82,7 @@ def test_ray_workers_write_what_a_plain_run_writes(tmp_path: Path) -> None:
         assert labels.any() and np.array_equal(labels, labels_ray), f"{stem}: Ray changed the labels"
         heat, _ = read_image(tmp_path / "plain" / f"{stem}_uncertainty{ending}")
         heat_ray, _ = read_image(tmp_path / "ray" / f"{stem}_uncertainty{ending}")
-        np.testing.assert_allclose(heat_ray, heat, atol=1e-4, err_msg="only thread-count rounding may differ")
+        np.testing.assert_allclose(heat_ray, heat, atol=1e-3, err_msg="only thread-count rounding may differ")
     assert _statuses(tmp_path / "ray" / "summary.csv") == [("a.mha", "written"), ("b.nii.gz", "written")]
     again = predict("-i", str(tmp_path / "scans"), "-o", str(tmp_path / "ray"), *quick, "--skip-existing",
                     "--engine", "ray", "--workers", "2")

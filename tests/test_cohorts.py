@@ -129,7 +129,7 @@ def test_shards_into_one_folder_segment_every_scan_once(tiny_model: Path, tmp_pa
     assert not (out / "summary.csv").exists(), "a shard writes only its own summary"
     assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json", "c.json"]
     for scan in scans:
-        assert json.loads((out / f"{scan.stem}.json").read_text())["input"] == str(scan)
+        assert json.loads((out / f"{scan.stem}.json").read_text(encoding="utf-8"))["input"] == str(scan)
     joined = subprocess.run("{ head -n 1 summary-1-of-2.csv; tail -q -n +2 summary-*-of-2.csv; } > summary.csv",
                             shell=True, cwd=out, check=True)
     assert joined.returncode == 0
@@ -165,12 +165,12 @@ def test_skip_existing_leaves_complete_sets_and_redoes_incomplete_ones(tiny_mode
     assert (out / "b.json").is_file(), "an incomplete set is done again"
     rows = {Path(r["input"]).name: r for r in _rows(out / "summary.csv")}
     assert rows["a.mha"]["status"] == "skipped" and rows["b.mha"]["status"] == "written"
-    report = json.loads((out / "a.json").read_text())
+    report = json.loads((out / "a.json").read_text(encoding="utf-8"))
     assert float(rows["a.mha"]["VB_area_mm2"]) == report["structures"]["VB"]["area_mm2"]
     assert rows["a.mha"]["quality"] == report["quality"]["verdict"] != ""
-    assert rows["b.mha"]["quality"] == json.loads((out / "b.json").read_text())["quality"]["verdict"]
+    assert rows["b.mha"]["quality"] == json.loads((out / "b.json").read_text(encoding="utf-8"))["quality"]["verdict"]
     assert rows["a.mha"]["seconds"] == "0.00" and float(rows["b.mha"]["seconds"]) > 0
-    assert float(rows["b.mha"]["uncertainty_mean"]) == json.loads((out / "b.json").read_text())[
+    assert float(rows["b.mha"]["uncertainty_mean"]) == json.loads((out / "b.json").read_text(encoding="utf-8"))[
         "structures"]["overall_uncertainty_mean"]
     again = predict(*args)  # without --skip-existing every scan is segmented again
     assert again.returncode == 0 and "skipped" not in again.stderr
@@ -186,7 +186,7 @@ def test_a_set_of_another_format_or_scan_is_not_complete(tiny_model: Path, tmp_p
     assert complete_outputs(planned)
     (as_nifti,) = plan_outputs(inputs, out, suffix_of=lambda scan: ".nii.gz")
     assert not complete_outputs(as_nifti), "--format nii.gz: the .mha set is not its outputs"
-    report = json.loads((out / "a.json").read_text())
+    report = json.loads((out / "a.json").read_text(encoding="utf-8"))
     (out / "a.json").write_text(json.dumps({**report, "input": str(tmp_path / "other" / "a.nrrd")}))
     assert not complete_outputs(planned), "the set of another scan with the same stem"
     unlisted = {k: v for k, v in report["outputs"].items() if k != "uncertainty"}
@@ -268,7 +268,7 @@ def test_a_file_named_like_the_summary_is_never_replaced(tiny_model: Path, tmp_p
                                                   "spinesegdiff summary and would be replaced: move it or choose "
                                                   "another output folder"]
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
-    assert (out / "summary.csv").read_text() == "patient,age\n1,50\n"
+    assert (out / "summary.csv").read_text(encoding="utf-8") == "patient,age\n1,50\n"
 
 
 def test_summary_row_refuses_an_unknown_status(tmp_path: Path) -> None:

@@ -73,20 +73,21 @@ def test_evaluate_writes_tables_figures_and_an_offline_page(make_spider_folder, 
     for name in ("table1", "distances", "uncertainty"):
         for suffix in ("md", "csv", "tex"):
             assert (out / f"{name}.{suffix}").is_file()
-    assert (out / "pathology.md").is_file() and "q (BH)" in (out / "pathology.md").read_text()
+    assert (out / "pathology.md").is_file() and "q (BH)" in (out / "pathology.md").read_text(encoding="utf-8")
     rows = list(csv.DictReader((out / "cases.csv").open()))
     assert {r["system"] for r in rows} == {"SpineSegDiff", "U-Net", "refined"} and len(rows) == 9
     assert all(0.0 <= float(r["dice_VB"]) <= 1.0 for r in rows)
-    page = (out / "report.html").read_text()
+    page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 4 and "Table 1" in page and "http" not in page.split("<body>")[1]
-    assert r"\begin{tabular}" in (out / "table1.tex").read_text()
+    assert r"\begin{tabular}" in (out / "table1.tex").read_text(encoding="utf-8")
     # a second run reuses the saved predictions; without --metadata it says that it skips the pathologies; the
     # command is recorded with paths relative to the current folder
     argv = ["evaluate", "--system", f"SpineSegDiff={diffusion}", "--out", str(out), "--reuse", "--quiet"]
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 0
-    assert "no pathology analysis" in capsys.readouterr().out and "Pathologies" not in (out / "report.html").read_text()
-    recorded = json.loads((out / "summary.json").read_text())["commands"]
+    assert "no pathology analysis" in capsys.readouterr().out
+    assert "Pathologies" not in (out / "report.html").read_text("utf-8")
+    recorded = json.loads((out / "summary.json").read_text(encoding="utf-8"))["commands"]
     assert recorded == ["spinesegdiff evaluate --system SpineSegDiff=diffusion --out report --reuse --quiet"]
     # a --metadata folder that does not exist is one line, before anything is predicted
     absent = tmp_path / "absent"
@@ -109,9 +110,9 @@ def test_cross_validated_evaluation_scores_every_patient_once(make_spider_folder
     assert code == 0, capsys.readouterr().err
     rows = list(csv.DictReader((out / "cases.csv").open()))
     assert sorted(int(r["patient"]) for r in rows) == list(range(1, 10))
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["folds"] == [0, 1, 2] and summary["num_patients"] == 9
-    assert "9 / 0" not in (out / "pathology.md").read_text()  # both groups hold patients
+    assert "9 / 0" not in (out / "pathology.md").read_text(encoding="utf-8")  # both groups hold patients
     assert sorted(p.name for p in (out / "predictions").iterdir()) == ["fold0", "fold1", "fold2"]
     # one run for every fold is refused in one line
     bad = tmp_path / "bad"
@@ -164,7 +165,7 @@ def test_report_tables_show_the_scores_of_hand_made_predictions(tmp_path: Path) 
     rows = {(r["system"], r["case"]): r for r in csv.DictReader((tmp_path / "report" / "cases.csv").open())}
     assert float(rows["shifted", "1_t2"]["dice_VB"]) == 0.5 and float(rows["shifted", "2_t2"]["dice_VB"]) == 0.8
     assert float(rows["shifted", "1_t2"]["hd95_VB"]) == 5.0 and float(rows["shifted", "1_t2"]["mDice"]) == 0.8333
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
     assert summary["commands"] == ["spinesegdiff evaluate --system exact=runs/x"] and summary["num_cases"] == 2
 
 

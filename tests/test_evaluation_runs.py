@@ -70,7 +70,7 @@ def test_held_out_fold_scores_an_oracle_and_an_empty_segmenter(phantom_cache, tm
     run = _train(phantom_cache.root, tmp_path / "run")
     report = fold_test.evaluate_test_fold(run, settings=FAST, device="cpu", quiet=True)
     assert len(report.cases) == 2 and report.model_grid.shape == (2, 3) and report.native_grid.shape == (2, 3)
-    summary = json.loads((run / "test_metrics.json").read_text())
+    summary = json.loads((run / "test_metrics.json").read_text(encoding="utf-8"))
     assert summary["num_cases"] == 2 and summary["fold"] == 2
     assert summary["native_grid"]["mDice"] == round(float(report.native_grid.mean()), 4)
     rows = list(csv.reader((run / "test_cases.csv").open()))
@@ -135,7 +135,7 @@ def test_ablation_rows_calls_and_the_presegmenter_alone(phantom_cache, tmp_path:
                  "--backend", "torch", "--device", "cpu", "--out", str(out), "--quiet"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    saved = json.loads((out / "ablation.json").read_text())
+    saved = json.loads((out / "ablation.json").read_text(encoding="utf-8"))
     rows = saved["rows"]
     assert ablation_table(rows) in printed.out and saved["presegmenter"] == "unet" and saved["fold"] == 2
     # T_pre = 0: the presegmenter alone (no network call); 30: ceil(30 / 15) = 2 refinement steps; 1000: K = 3
@@ -214,6 +214,6 @@ def test_committed_reports_hold_no_absolute_paths() -> None:
     reports = Path(__file__).resolve().parents[1] / "reports"
     for path in sorted(reports.rglob("*")):
         if path.is_file() and path.suffix in (".json", ".csv", ".md", ".tex", ".html"):
-            text = re.sub(r"base64,[A-Za-z0-9+/=]+", "", path.read_text())  # embedded figures
+            text = re.sub(r"base64,[A-Za-z0-9+/=]+", "", path.read_text(encoding="utf-8"))  # embedded figures
             for prefix in ("/work/", "/tmp/", "/root/", "/home/"):
                 assert prefix not in text, f"{path.relative_to(reports)} holds {prefix}"

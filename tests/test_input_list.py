@@ -157,7 +157,7 @@ def test_a_failed_scan_of_a_summary_is_run_again_from_it(tiny_model: Path, tmp_p
     assert first.returncode == 2, "a listed scan that does not exist fails the run"
     assert "c.mha: does not exist (line 3 of cohort.txt)" in first.stderr
     assert sorted(p.name for p in out.glob("*.json")) == ["a.json", "b.json"]
-    assert json.loads((out / "b.json").read_text())["input"] == str(scans[1])
+    assert json.loads((out / "b.json").read_text(encoding="utf-8"))["input"] == str(scans[1])
     write_scan(tmp_path / "site3" / "c.mha", seed=2)  # the missing scan turns up
     (out / "a.json").unlink()
     again = predict("--input-list", str(out / "summary.csv"), "--where", "status=failed", "-o", str(tmp_path / "re"),

@@ -73,7 +73,7 @@ def test_predict_writes_spider_codes_and_names_them(tmp_path: Path) -> None:
                      "--device", "cpu", "--quiet")
     assert result.returncode == 0, result.stderr
     codes, _ = read_image(tmp_path / "spider_107_t2_SPACE_seg.mha")
-    report = json.loads((tmp_path / "spider_107_t2_SPACE.json").read_text())
+    report = json.loads((tmp_path / "spider_107_t2_SPACE.json").read_text(encoding="utf-8"))
     assert report["label_convention"] == "spider"
     assert set(report["label_values"]) == {str(v) for v in np.unique(codes) if v}
     assert {"1", "100", "201"} <= set(report["label_values"]), "L5, the canal and L5-S1 on the sample scan"

@@ -62,13 +62,13 @@ def test_imports_point_down_the_layers(path: Path) -> None:
     room = _room(path)
     if room in ("__init__", "__main__"):
         return
-    upward = sorted(r for r in _imported_rooms(ast.parse(path.read_text())) if LAYERS.get(r, -1) > LAYERS[room])
+    upward = sorted(r for r in _imported_rooms(ast.parse(path.read_text("utf-8"))) if LAYERS.get(r, -1) > LAYERS[room])
     assert not upward, f"{room} (layer {LAYERS[room]}) imports {upward}"
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_function_longer_than_eighty_lines(path: Path) -> None:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]

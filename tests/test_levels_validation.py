@@ -152,10 +152,10 @@ def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
     code, out, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out",
                                  str(tmp_path / "report"), "--bootstrap", "50")
     assert code == 0, err
-    summary = _strict((tmp_path / "report" / "summary.json").read_text())
+    summary = _strict((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
     naming = summary["sources"]["reference masks"]["naming_agreement"]
     assert naming["value"] == 1.0 and naming["patients"] == 2  # 7 and 8 discs named and graded
-    assert "reference masks" in out and (tmp_path / "report" / "discs.csv").read_text().count("\n") == 7 + 8 + 1
+    assert "reference masks" in out and (tmp_path / "report" / "discs.csv").read_text("utf-8").count("\n") == 7 + 8 + 1
     code, _, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out", str(tmp_path / "r2"),
                                "--runs", "runs/unet-fold0")
     assert code == 2 and "{fold}" in err
@@ -186,7 +186,7 @@ def test_predict_writes_the_level_lists_in_strict_json(tiny_model: Path, tmp_pat
     scan = write_scan(tmp_path / "scan.mha")
     result = predict("-i", str(scan), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
     assert result.returncode == 0, result.stderr
-    report = _strict((tmp_path / "out" / "scan.json").read_text())
+    report = _strict((tmp_path / "out" / "scan.json").read_text(encoding="utf-8"))
     assert isinstance(report["discs"], list) and isinstance(report["vertebrae"], list)
     assert set(report["levels"]) == {"named_from", "doubtful", "reason", "slice", "contrast"}
 
@@ -202,7 +202,7 @@ def test_write_outputs_reports_the_phantoms_levels(tiny_model: Path, tmp_path: P
                      settings=SamplerSettings(num_samples=1, num_steps=1, fuse_steps=1))
     result.labels = phantom.labels.copy()  # the phantom's own labels stand in for a trained model's
     paths = write_outputs(result, tmp_path)
-    report = _strict(paths["report"].read_text())
+    report = _strict(paths["report"].read_text(encoding="utf-8"))
     assert [d["level"] for d in report["discs"]] == ["T12-L1", "L1-L2", "L2-L3", "L3-L4", "L4-L5"]
     assert [v["level"] for v in report["vertebrae"]] == ["T12", "L1", "L2", "L3", "L4", "L5"]
     assert report["levels"]["slice"] == 1 and report["levels"]["named_from"] == "lowest vertebra"

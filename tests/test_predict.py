@@ -88,7 +88,7 @@ def test_real_mha_outputs_keep_the_geometry(spider_subset: Path, tiny_model: Pat
     # central-slice mode: only slice 4 of 9 (the last array axis of this PIR series is R) is segmented
     touched = np.nonzero(uncertainty.reshape(uncertainty.shape[0], -1).max(axis=1))[0]
     assert touched.tolist() == [4]
-    report = json.loads((tmp_path / "out" / "118_t2_SPACE.json").read_text())
+    report = json.loads((tmp_path / "out" / "118_t2_SPACE.json").read_text(encoding="utf-8"))
     assert report["mode"] == "central slice" and report["sagittal_slices"] == [4]
     assert set(report["structures"]) >= {"SC", "VB", "IVD", "overall_uncertainty_mean"}
     assert "area_mm2" in report["structures"]["VB"] and report["timings_s"]["sample_s"] > 0
@@ -99,13 +99,13 @@ def test_real_mha_outputs_keep_the_geometry(spider_subset: Path, tiny_model: Pat
 def test_tptbox_nifti_volume_mode(tptbox_sample: Path, tiny_model: Path, tmp_path: Path) -> None:
     scan = tptbox_sample / "sub-mri_label-6_T2w.nii.gz"
     result = predict("-i", str(scan), "-o", str(tmp_path), "--model", str(tiny_model), "--samples", "1",
-                     "--steps", "1", "--fuse-steps", "1", "--volume", "--quiet")
+                     "--steps", "1", "--fuse-steps", "1", "--volume", "--quiet", "--keep-all-parts")
     assert result.returncode == 0, result.stderr
     _assert_same_grid(tmp_path / "sub-mri_label-6_T2w_seg.nii.gz", scan)
     uncertainty = _assert_same_grid(tmp_path / "sub-mri_label-6_T2w_uncertainty.nii.gz", scan)
     # volume mode: every sagittal slice (the native x axis runs along R here: direction P-I-R) is touched
     assert (uncertainty.max(axis=(1, 2)) > 0).all()
-    report = json.loads((tmp_path / "sub-mri_label-6_T2w.json").read_text())
+    report = json.loads((tmp_path / "sub-mri_label-6_T2w.json").read_text(encoding="utf-8"))
     assert report["mode"] == "volume" and len(report["sagittal_slices"]) == 67
     assert "volume_mm3" in report["structures"]["SC"]
 
@@ -244,7 +244,7 @@ def test_demo_writes_readable_outputs_on_the_scans_grid(demo_run) -> None:
     assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2, 3}
     np.testing.assert_array_equal(labels, demo_run.result.labels)
     assert uncertainty.dtype == np.float32 and uncertainty.min() >= 0 and 0 < uncertainty.max() <= 1
-    report = json.loads((demo / "spider_107_t2_SPACE.json").read_text())
+    report = json.loads((demo / "spider_107_t2_SPACE.json").read_text(encoding="utf-8"))
     assert report["outputs"]["segmentation"] == "spider_107_t2_SPACE_seg.mha"
     assert report["sampler"]["presegmenter"] == "unet" and report["model"].startswith("shipped:")
     for k, key in enumerate(("SC", "VB", "IVD")):

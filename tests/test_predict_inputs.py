@@ -114,7 +114,7 @@ def test_rerun_into_the_input_folder_skips_its_own_outputs(tiny_model: Path, tmp
     assert notes == [f"spinesegdiff: note: {folder / name}: skipped: an output of spinesegdiff (listed in a.json)"
                      for name in ("a_seg.mha", "a_uncertainty.mha")]
     assert sorted(p.name for p in folder.iterdir()) == written, "no a_seg_seg.mha"
-    assert json.loads((folder / "a.json").read_text())["input"] == str(folder / "a.mha")
+    assert json.loads((folder / "a.json").read_text(encoding="utf-8"))["input"] == str(folder / "a.mha")
 
 
 def test_a_report_claims_only_its_own_stems_outputs(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_inputs_sharing_a_stem_get_distinct_outputs(tiny_model: Path, tmp_path: 
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}{end}" for stem, ext in (("a_mha", ".mha"), ("a_nii_gz", ".nii.gz"), ("b", ".mha"))
         for end in (".json", "_overlay.png", f"_seg{ext}", f"_uncertainty{ext}"))
-    assert json.loads((out / "a_nii_gz.json").read_text())["input"] == str(folder / "a.nii.gz")
+    assert json.loads((out / "a_nii_gz.json").read_text(encoding="utf-8"))["input"] == str(folder / "a.nii.gz")
 
 
 def test_inputs_that_would_still_write_one_file_refuse_the_batch(tmp_path: Path) -> None:
@@ -260,7 +260,7 @@ def test_an_output_folder_that_is_a_file_is_one_error_before_any_work(tiny_model
     monkeypatch.setattr(predict_module, "load_scan", lambda *a, **k: pytest.fail("a scan was read"))
     _one_error(predict("-i", str(folder), "-o", str(target), "--model", str(tiny_model), *FAST),
                "out.txt: is a file, not a folder")
-    assert target.read_text() == "a file"
+    assert target.read_text(encoding="utf-8") == "a file"
     _one_error(predict("-i", str(folder), "-o", str(target / "sub"), "--model", str(tiny_model), *FAST),
                "out.txt: is a file, so the output folder")
 
@@ -392,5 +392,5 @@ def test_a_doubtful_result_is_written_with_one_warning_line(tiny_model: Path, tm
     warnings = [line for line in result.stderr.splitlines() if line.startswith("spinesegdiff: warning: ")]
     assert len(warnings) == 1 and str(tmp_path / "a.mha") in warnings[0] and "IVD_mm2 300 < 400" in warnings[0]
     assert "Warning" not in result.stderr.replace("spinesegdiff: warning", "")  # no Python warning text
-    report = json.loads((tmp_path / "out" / "a.json").read_text())
+    report = json.loads((tmp_path / "out" / "a.json").read_text(encoding="utf-8"))
     assert report["quality"] == doubtful

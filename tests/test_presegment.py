@@ -168,7 +168,7 @@ def test_nnunet_export_passes_its_own_integrity_check(small_cache, tmp_path: Pat
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     verify_dataset_integrity(str(dataset), num_processes=1)  # raises on any problem
-    written = (folders.preprocessed / dataset.name / "splits_final.json").read_text()
+    written = (folders.preprocessed / dataset.name / "splits_final.json").read_text(encoding="utf-8")
     assert '"val"' in written and '"test"' not in written
     bad_labels = np.asarray(small_cache.labels).copy()
     bad_labels[0, 0, 0] = 7

@@ -66,10 +66,10 @@ def _assert_only_complete_sets(folder: Path) -> set[str]:
     assert not [n for n in names if n.startswith(".")], names
     stems = {n[:-5] for n in names if n.endswith(".json")}
     for stem in stems:
-        report = json.loads((folder / f"{stem}.json").read_text())
+        report = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
         assert sorted(report["outputs"].values()) == sorted(n for n in names if n.startswith(f"{stem}_")
                                                              or n == f"{stem}.json")
-    expected = sorted(json.loads((folder / f"{s}.json").read_text())["outputs"][k]
+    expected = sorted(json.loads((folder / f"{s}.json").read_text(encoding="utf-8"))["outputs"][k]
                       for s in stems for k in ("segmentation", "uncertainty", "overlay", "report"))
     assert names == expected, names
     return stems
@@ -89,7 +89,7 @@ def test_json_is_strict_when_the_uncertainty_holds_nan(result, tmp_path: Path) -
     broken.uncertainty[:] = np.nan
     broken.timings["sample_s"] = float("inf")
     paths = predict_module.write_outputs(broken, tmp_path)
-    text = paths["report"].read_text()
+    text = paths["report"].read_text(encoding="utf-8")
     report = _strict_loads(text)
     assert "NaN" not in text and "Infinity" not in text
     assert report["structures"]["overall_uncertainty_mean"] is None
@@ -125,7 +125,7 @@ def test_outputs_are_the_same_files_as_unstaged_writes(result, tmp_path: Path) -
     np.testing.assert_array_equal(read_image(paths["segmentation"])[0], result.labels)
     np.testing.assert_array_equal(read_image(paths["uncertainty"])[0], result.uncertainty)
     assert paths["overlay"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = json.loads(paths["report"].read_text())
+    report = json.loads(paths["report"].read_text(encoding="utf-8"))
     assert report["outputs"]["segmentation"] == "x_seg.mha" and report["structures"] == json.loads(
         json.dumps(result.statistics()))
 
@@ -392,8 +392,8 @@ def test_recovery_touches_only_dead_staging_folders_of_this_host(tmp_path: Path)
     orphan.write_text("old")
     recovery = recover_staging(tmp_path)
     assert recovery.removed == [stale] and recovery.completed == []
-    assert not stale.exists() and link.is_symlink() and plain.read_text() == "a file" and orphan.exists()
-    assert all((folder / "data").read_text() == "keep" for folder in keep)
+    assert not stale.exists() and link.is_symlink() and plain.read_text("utf-8") == "a file" and orphan.exists()
+    assert all((folder / "data").read_text(encoding="utf-8") == "keep" for folder in keep)
 
 
 def test_a_journal_left_by_a_kill_is_completed(tmp_path: Path) -> None:
@@ -408,7 +408,7 @@ def test_a_journal_left_by_a_kill_is_completed(tmp_path: Path) -> None:
     recovery = recover_staging(tmp_path)
     assert recovery.completed == [tmp_path / "publish.json"] and recovery.removed == [moved]
     assert _entries(tmp_path) == ["publish.json", "x_seg.mha"]
-    assert (tmp_path / "publish.json").read_text() == "publish.json"
+    assert (tmp_path / "publish.json").read_text(encoding="utf-8") == "publish.json"
 
 
 # --- real processes: SIGTERM, SIGINT and kill -9 during a batch -----------------------------------------------

@@ -102,7 +102,7 @@ def test_a_scan_recorded_by_absolute_path_or_from_the_working_directory_is_found
     write_result(out, "far", image="absolute")
     case = read_cases(out).cases[0]
     assert case.image == out / "scans" / "far.mha" and case.flags == ()
-    report = json.loads((out / "far.json").read_text())
+    report = json.loads((out / "far.json").read_text(encoding="utf-8"))
     report["input"] = "out/scans/far.mha"  # relative to where predict ran
     (out / "far.json").write_text(json.dumps(report))
     monkeypatch.chdir(tmp_path)
@@ -118,7 +118,7 @@ def test_outputs_missing_or_outside_the_folder_are_flagged(tmp_path: Path) -> No
     write_result(out, "a")
     (out / "a_uncertainty.mha").unlink()
     write_result(out, "b")
-    report = json.loads((out / "b.json").read_text())
+    report = json.loads((out / "b.json").read_text(encoding="utf-8"))
     report["outputs"]["segmentation"] = "../elsewhere/b_seg.mha"
     (out / "b.json").write_text(json.dumps(report))
     by_name = {c.case: c for c in read_cases(out).cases}
@@ -216,7 +216,7 @@ def test_layers_show_the_labels_uncertainty_and_scan_of_the_segmented_slice(tmp_
 def test_the_probe_holds_each_pixels_structure_and_uncertainty(tmp_path: Path) -> None:
     out, case, phantom = _built(tmp_path)
     central = case["layers"]["initial"]
-    script = (out / unquote(case["layers"]["dir"]) / f"probe-{central}.js").read_text()
+    script = (out / unquote(case["layers"]["dir"]) / f"probe-{central}.js").read_text(encoding="utf-8")
     match = re.fullmatch(r'spinesegdiffProbe\("case", (\d+), (\d+), (\d+), "([A-Za-z0-9+/=]+)"\);\n', script)
     assert match and tuple(int(v) for v in match.groups()[:3]) == (central, *SHAPE[1:])
     values = np.frombuffer(zlib.decompress(base64.b64decode(match[4])), dtype=np.uint8).reshape(SHAPE[1:])
@@ -306,7 +306,7 @@ def test_the_page_lists_every_case_most_doubtful_first_with_its_data(tmp_path: P
     assert [c["id"] for c in data["cases"]] == ["worst", "odd", "lost", "stack", "calm"]
     assert data["storageKey"] == str(out.resolve()) and data["columns"][:4] == ["path", "case", "decision", "note"]
     assert data["cases"][0]["path"] == str(out / "scans" / "worst.mha")
-    text = page.path.read_text()
+    text = page.path.read_text(encoding="utf-8")
     assert "Okabe-Ito" in text and "cividis" in text and "van der Graaf" in text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), "the page must not load anything remote"
 
@@ -334,7 +334,7 @@ def test_names_that_html_and_urls_treat_specially_survive(tmp_path: Path) -> Non
     assert parsed.rows[0]["data-case"] == stem
     case = json.loads(parsed.data_text)["cases"][0]
     assert case["id"] == stem and (out / unquote(case["layers"]["dir"]) / "labels-1.png").is_file()
-    assert "<i>" not in page.path.read_text().split("<tbody>")[1].split("</tbody>")[0]
+    assert "<i>" not in page.path.read_text(encoding="utf-8").split("<tbody>")[1].split("</tbody>")[0]
 
 
 def test_a_rebuild_replaces_the_layers_and_a_failed_one_leaves_the_page(tmp_path: Path, monkeypatch) -> None:
@@ -366,7 +366,7 @@ def test_a_page_that_is_not_ours_is_never_replaced(tmp_path: Path) -> None:
     (out / "review.html").write_text("<html>my notes</html>")
     with pytest.raises(InputError, match=r"review\.html: is not a spinesegdiff review page and would be replaced"):
         build_review(out)
-    assert (out / "review.html").read_text() == "<html>my notes</html>" and not (out / "review").exists()
+    assert (out / "review.html").read_text("utf-8") == "<html>my notes</html>" and not (out / "review").exists()
     (out / "review.html").unlink()
     (out / "review").write_text("in the way")
     with pytest.raises(InputError, match=r"review: is in the way of the review page's layers"):

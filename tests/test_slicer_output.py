@@ -58,11 +58,11 @@ def test_label_table_is_frozen_and_validated():
     table = label_table()
     with pytest.raises(AttributeError):
         table.structures[0].name = "cord"  # type: ignore[misc]
-    data = json.loads(LABEL_TABLE_FILE.read_text())
+    data = json.loads(LABEL_TABLE_FILE.read_text(encoding="utf-8"))
     data["structures"][1]["colour"] = "blue"
     with pytest.raises(ValueError, match="vertebra.*colour must read #rrggbb, got 'blue'"):
         parse_label_table(data)
-    data = json.loads(LABEL_TABLE_FILE.read_text())
+    data = json.loads(LABEL_TABLE_FILE.read_text(encoding="utf-8"))
     data["structures"][2]["value"] = 1
     with pytest.raises(ValueError, match=r"distinct, increasing .* got \[1, 2, 1\]"):
         parse_label_table(data)
@@ -73,7 +73,7 @@ def test_label_table_is_frozen_and_validated():
 
 def test_label_table_reads_from_any_file(tmp_path):
     path = tmp_path / "labels.json"
-    path.write_text(LABEL_TABLE_FILE.read_text().replace("spinal canal", "canal"))
+    path.write_text(LABEL_TABLE_FILE.read_text(encoding="utf-8").replace("spinal canal", "canal"))
     assert read_label_table(path).names[0] == "canal"
 
 
@@ -168,7 +168,7 @@ def test_predict_writes_a_slicer_segmentation_equal_to_the_nifti_labels(segmente
     assert slicer["segmentation"].name == "case_seg.seg.nrrd"
     assert slicer["uncertainty"].name == "case_uncertainty.nrrd"
     assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == sorted(p.name for p in slicer.values())
-    assert json.loads(slicer["report"].read_text())["outputs"]["segmentation"] == "case_seg.seg.nrrd"
+    assert json.loads(slicer["report"].read_text(encoding="utf-8"))["outputs"]["segmentation"] == "case_seg.seg.nrrd"
     labels, geometry = read_image(nifti["segmentation"])
     data, header = nrrd.read(str(slicer["segmentation"]), index_order="C")
     np.testing.assert_array_equal(data, labels)

@@ -55,7 +55,7 @@ def test_bad_fold_count() -> None:
 def test_save_and_load_in_paper_format(tmp_path: Path) -> None:
     split = make_patient_folds(CASES, num_folds=5)
     path = save_split(split, tmp_path / "splits_final.json")
-    raw = json.loads(path.read_text())
+    raw = json.loads(path.read_text(encoding="utf-8"))
     assert isinstance(raw, list) and set(raw[0]) == {"train", "test"}
     assert load_split(path) == split
 

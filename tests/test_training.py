@@ -51,11 +51,11 @@ def test_two_steps_then_resume(small_cache, tmp_path: Path) -> None:
     assert first["step"] == 2 and first["epoch"] == 0
     assert first["train_config"]["folds"]["fold"] == 1 and first["model_config"]["widths"] == [8, 8, 16]
     assert set(first) >= {"model", "ema", "optimizer", "rng", "history", "best_metric", "scheduler"}
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert (out / "best.pt").exists() and saved["train"]["optimisation"]["epochs"] == 2
     assert TrainConfig.from_dict(saved["train"]) == config and saved["scheduler"] == first["scheduler"]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    assert len(json.loads((out / "splits_final.json").read_text())) == 4
+    assert len(json.loads((out / "splits_final.json").read_text(encoding="utf-8"))) == 4
     with pytest.raises(InputError, match="already holds a training run"):
         train(config, progress=False)
     train(config, progress=False, resume=True)
@@ -266,7 +266,7 @@ def test_every_flag_names_a_flat_setting() -> None:
 def test_config_files_are_nested_and_load(path: Path) -> None:
     from spinesegdiff.training.config import SECTIONS
 
-    assert set(json.loads(path.read_text())) <= set(SECTIONS)
+    assert set(json.loads(path.read_text(encoding="utf-8"))) <= set(SECTIONS)
     config = make_train_config(path, {"data": "d", "out": "o", "fold": "all", "seed": None})
     assert config.folds.fold == -1 and config.runtime.threads == 2 and config.optimisation.lr_schedule == "cosine"
 

@@ -191,7 +191,7 @@ def is_cache_folder(path: str | Path) -> bool:
     if not manifest.is_file():
         return False
     try:
-        settings = json.loads(manifest.read_text()).get("settings", {})
+        settings = json.loads(manifest.read_text(encoding="utf-8")).get("settings", {})
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
         return False
     return isinstance(settings, dict) and settings.get("format") == CACHE_FORMAT

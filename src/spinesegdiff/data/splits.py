@@ -86,7 +86,7 @@ def load_split(path: str | Path) -> Split:
     if not path.exists():
         raise MissingInputError(path, "split file")
     try:
-        split = json.loads(path.read_text())
+        split = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(path, f"not a JSON file ({err})") from err
     if (

@@ -263,8 +263,8 @@ def held_out_patients(run: str | Path) -> tuple[int, set[str]]:
 
     run = Path(run)
     try:
-        fold = int(json.loads((run / "config.json").read_text())["train"]["folds"]["fold"])
-        split = json.loads((run / "splits_final.json").read_text())
+        fold = int(json.loads((run / "config.json").read_text(encoding="utf-8"))["train"]["folds"]["fold"])
+        split = json.loads((run / "splits_final.json").read_text(encoding="utf-8"))
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise InputError(run, f"not a finished training run with its split ({err})") from err
     if not 0 <= fold < len(split):
@@ -458,5 +458,5 @@ def write_levels_report(out: str | Path, results: Sequence[LevelsResult], comman
                    {"sources": {r.source: r.summary for r in results}, "commands": list(commands),
                     "citation": CITATION}) + "\n"),
                atomic_write_text(out / "report.md", levels_markdown(results, commands))]
-    json.loads((out / "summary.json").read_text())  # strict JSON, or fail loudly here
+    json.loads((out / "summary.json").read_text(encoding="utf-8"))  # strict JSON, or fail loudly here
     return written

@@ -119,7 +119,7 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
         from spinesegdiff.data.spider import pathology_flags
 
         flags = pathology_flags(gradings)
-    ablations = [json.loads(Path(p).read_text()) for p in ablation_files]
+    ablations = [json.loads(Path(p).read_text(encoding="utf-8")) for p in ablation_files]
     return build_report(predictions, images=slices["images"], truth=slices["truth"], contrast=slices["contrast"],
                         out=out, flags=flags, ablations=ablations, commands=commands,
                         folds=[part.fold for part in per_fold])

@@ -145,7 +145,7 @@ class PredictionSet:
 
     @classmethod
     def load(cls, folder: Path, name: str) -> PredictionSet:
-        meta = json.loads((folder / f"{name}.json").read_text())
+        meta = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
         arrays = np.load(folder / f"{name}.npz")
         return cls(meta["name"], meta["cases"], arrays["labels"], arrays["class_probabilities"],
                    arrays["uncertainty"], meta["seconds_per_slice"], meta.get("description", {}))

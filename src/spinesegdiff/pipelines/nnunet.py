@@ -74,7 +74,7 @@ def check_model_folder(folder: Path, *, fold: int | str = 0, checkpoint: str = "
         if not required.is_file():
             raise MissingInputError(required, what)
     try:
-        labels = json.loads((folder / "dataset.json").read_text()).get("labels", {})
+        labels = json.loads((folder / "dataset.json").read_text(encoding="utf-8")).get("labels", {})
         values = sorted(int(v) for v in labels.values())
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as err:
         raise InputError(folder / "dataset.json", f"not an nnU-Net dataset.json ({err})") from err

@@ -168,19 +168,26 @@ def _in_front_of(labels: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, in
     drop = np.zeros(count + 1, dtype=bool)
     centres = ndimage.center_of_mass(labels > 0, parts, range(1, count + 1))
     for k, (row, col) in enumerate(centres, start=1):
-        drop[k] = col < border[round(row)] - MAX_IN_FRONT_MM / MODEL_SPACING_MM
+        limit = border[round(row)]  # NaN above and below the reference column: nothing is judged there
+        drop[k] = bool(col < limit - MAX_IN_FRONT_MM / MODEL_SPACING_MM)
     return drop[parts], int(drop.sum())
 
 
 def _volume_border(labels: np.ndarray) -> np.ndarray | None:
     """The spinal column's anterior border on the slice that shows the most canal (the mid-sagittal one), per
-    row; ``None`` when no slice has a column."""
+    row, NaN above and below the column; ``None`` when no slice has a column."""
     reference = labels[int(np.argmax((labels == SPINAL_CANAL).sum(axis=(1, 2))))]
     spine = _grown_spine(reference > 0)
     if spine is None:
         return None
     column = spine & ((reference == VERTEBRA) | (reference == DISC))
-    return _anterior_border(column) if column.any() else None
+    if not column.any():
+        return None
+    border = _anterior_border(column)
+    rows = np.flatnonzero(column.any(axis=1))
+    border[: rows[0]] = np.nan  # the spine may curve away above and below the part the slice shows
+    border[rows[-1] + 1:] = np.nan
+    return border
 
 
 def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,

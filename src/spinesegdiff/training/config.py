@@ -265,7 +265,7 @@ def load_train_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpineSegDiffError(f"{path}: no such config file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise InputError(path, f"not a JSON file ({err})") from err
     if not isinstance(data, dict):

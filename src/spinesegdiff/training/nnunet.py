@@ -180,9 +180,9 @@ def _train_in_child(dataset_id: int, fold: int, epochs: int, iterations: int, de
 
     name = convert_id_to_dataset_name(dataset_id)
     preprocessed = Path(nnUNet_preprocessed) / name
-    plans = json.loads((preprocessed / f"{PLANS_NAME}.json").read_text())
+    plans = json.loads((preprocessed / f"{PLANS_NAME}.json").read_text(encoding="utf-8"))
     plans["continue_training"] = False  # nnU-Net >= 2.6 reads (and removes) this flag in the trainer
-    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text(encoding="utf-8"))
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     trainer = ShortScheduleTrainer(plans=plans, configuration="2d", fold=fold, dataset_json=dataset_json,
                                    device=torch.device(device))

@@ -82,7 +82,7 @@ def bundle_folder(model_file: Path, cache: Path | None = None) -> Path:
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The bundle's manifest, or ``None`` when the folder holds no complete bundle of this format."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
