@@ -1,8 +1,8 @@
 """Throughput of a cohort run: in this process against Ray with 1 and 2 workers, same scans, same machine.
 
 Each configuration runs ``spinesegdiff predict`` as a fresh command on the same scans into its own folder and
-prints the wall time, seconds per scan and speed-up over the in-process run; the labels of every Ray run are
-compared with the in-process run's (they must be equal).
+prints the wall time, seconds per scan and speed-up over the in-process run, and how many label pixels of every
+Ray run differ from the in-process run's (OpenVINO's float rounding depends on its thread count).
 
     python benchmarks/cohort_engines.py --scans ../shared/data/spider-t2space/images --count 8 [--workers 1 2]
 """
@@ -19,8 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from spinesegdiff.data.io import read_image
 
 
@@ -32,13 +30,14 @@ def _run(inputs: Path, output: Path, extra: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _same_labels(first: Path, second: Path) -> bool:
+def _differing_pixels(first: Path, second: Path) -> int:
+    """Label pixels that differ between two runs' outputs, summed over the scans."""
+    total = 0
     for labels in sorted(first.glob("*_seg.*")):
         a, _ = read_image(labels)
         b, _ = read_image(second / labels.name)
-        if not np.array_equal(a, b):
-            return False
-    return True
+        total += int((a != b).sum())
+    return total
 
 
 def main() -> None:
@@ -55,7 +54,7 @@ def main() -> None:
         count = len(list(inputs.iterdir()))
         print(f"{count} scans from {args.scans}; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
               f", Python {platform.python_version()}")
-        print("| engine | wall (s) | s / scan | speed-up | labels equal |")
+        print("| engine | wall (s) | s / scan | speed-up | label pixels differing from the local run |")
         print("|---|---|---|---|---|")
         local = Path(scratch) / "local"
         base = _run(inputs, local, [])
@@ -66,7 +65,7 @@ def main() -> None:
             wall = _run(inputs, output, ["--engine", "ray", "--workers", str(workers),
                                          "--worker-threads", str(threads)])
             print(f"| ray, {workers} worker(s) x {threads} thread(s) | {wall:.1f} | {wall / count:.2f} | "
-                  f"{base / wall:.2f} | {'yes' if _same_labels(local, output) else 'NO'} |")
+                  f"{base / wall:.2f} | {_differing_pixels(local, output)} |")
 
 
 if __name__ == "__main__":
