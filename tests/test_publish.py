@@ -307,6 +307,9 @@ def test_sigterm_during_the_renames_waits_for_the_whole_set(result, tmp_path: Pa
 
 @_in_a_fresh_process
 def test_sigint_during_the_renames_outside_a_command(result, tmp_path: Path, monkeypatch) -> None:
+    # Python's own SIGINT handler, as a user's script has it (a library loaded by the fixture may have installed
+    # another in this process: seen once in a clean CI run). This test runs in a process of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     before = signal.getsignal(signal.SIGINT)
     _signal_on_rename(monkeypatch, tmp_path, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="^$") as caught:  # the default handler's, after the renames
