@@ -26,6 +26,23 @@ def _private_model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["SPINESEGDIFF_CACHE"] = str(tmp_path_factory.mktemp("spinesegdiff-cache"))
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny network in our checkpoint format (``predict_helpers.tiny_checkpoint``): fast, for which
+    scans run and where outputs go, not for what they hold. Read only: one file for the whole session."""
+    from predict_helpers import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture()
+def spine_judgement_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any segmentation is written: the tiny network draws no spine (``predict_helpers.switch_off_spine_judgement``)."""
+    from predict_helpers import switch_off_spine_judgement
+
+    switch_off_spine_judgement(monkeypatch)
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set SPINESEGDIFF_SHARED_DATA to the shared/data folder)")

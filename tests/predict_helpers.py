@@ -19,10 +19,18 @@ FAST = ["--samples", "1", "--steps", "1", "--fuse-steps", "1", "--backend", "tor
 SHAPE = {"shape": (3, 160, 120), "spacing": (1.5, 1.5, 3.0)}
 
 
-def tiny_checkpoint(path: Path, num_train_timesteps: int = 1000) -> Path:
-    """An untrained tiny network: fast, for which scans run and where outputs go (not for what they hold)."""
+def tiny_checkpoint(path: Path, num_train_timesteps: int = 1000, seed: int = 0) -> Path:
+    """An untrained tiny network: fast, for which scans run and where outputs go (not for what they hold).
+
+    Its weights come from ``seed`` alone, not from the global random state, so a test sees the same network
+    whichever tests ran before it.
+    """
+    import torch
+
     config = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32, patch_size=2)
-    net = build_model(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_model(config)
     save_checkpoint(path, {"model_config": config.to_dict(), "train_config": {"schedule": "linear"},
                            "scheduler": {"schedule": "linear", "num_train_timesteps": num_train_timesteps},
                            "model": net.state_dict(), "ema": net.state_dict()})

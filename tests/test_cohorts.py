@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predict_helpers import FAST, SHAPE, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
+from predict_helpers import FAST, SHAPE, predict, write_scan
 from spinesegdiff.data.io import write_image
 from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.errors import SpineSegDiffError
@@ -33,15 +33,7 @@ from spinesegdiff.pipelines.inputs import (
 )
 from spinesegdiff.pipelines.summary import COLUMNS, summary_row
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(autouse=True)
-def _any_segmentation_is_written(monkeypatch) -> None:
-    switch_off_spine_judgement(monkeypatch)
+pytestmark = pytest.mark.usefixtures("spine_judgement_off")
 
 
 def _noise(path: Path) -> Path:

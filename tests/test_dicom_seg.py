@@ -24,7 +24,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from dicom_helpers import DicomSeries, write_mr_series
-from predict_helpers import FAST, SHAPE, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
+from predict_helpers import FAST, SHAPE, predict, write_scan
 from spinesegdiff import __version__
 from spinesegdiff.cli.options import output_format_help
 from spinesegdiff.data.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_segmentation
@@ -248,11 +248,6 @@ def test_earlier_segmentations_are_outputs_not_inputs(series, phantom, tmp_path)
 # --- through predict -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
 @pytest.fixture()
 def scan_series(tmp_path) -> DicomSeries:
     """The phantom scan of the predict tests as an MR series (3 sagittal slices of 160 x 120)."""
@@ -260,12 +255,7 @@ def scan_series(tmp_path) -> DicomSeries:
     return write_mr_series(tmp_path / "mr", (phantom.image * 800).astype(np.int16), phantom.geometry)
 
 
-@pytest.fixture()
-def _any_segmentation_is_written(monkeypatch) -> None:
-    switch_off_spine_judgement(monkeypatch)
-
-
-@pytest.mark.usefixtures("_any_segmentation_is_written")
+@pytest.mark.usefixtures("spine_judgement_off")
 def test_predict_writes_a_segmentation_equal_to_the_nifti_labels(tiny_model, scan_series, tmp_path):
     runs = {}
     for name in ("nii.gz", "dicom-seg"):
@@ -287,7 +277,7 @@ def test_predict_writes_a_segmentation_equal_to_the_nifti_labels(tiny_model, sca
     assert "mode=central slice" in algorithm.AlgorithmParameters
 
 
-@pytest.mark.usefixtures("_any_segmentation_is_written")
+@pytest.mark.usefixtures("spine_judgement_off")
 def test_every_slice_of_a_volume_run(tiny_model, scan_series, tmp_path):
     settings = SamplerSettings(num_samples=1, num_steps=1, fuse_steps=1, backend="torch")
     result = segment(scan_series.folder, model=tiny_model, device="cpu", settings=settings, quiet=True,
@@ -320,7 +310,7 @@ def test_a_scan_file_is_refused_in_one_line_before_any_work(tiny_model, tmp_path
         assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.usefixtures("_any_segmentation_is_written")
+@pytest.mark.usefixtures("spine_judgement_off")
 def test_runs_into_the_series_folder_itself(tiny_model, scan_series):
     folder = scan_series.folder
     inputs = {f: f.read_bytes() for f in scan_series.files}

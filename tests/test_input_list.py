@@ -12,20 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from predict_helpers import FAST, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
+from predict_helpers import FAST, predict, write_scan
 from spinesegdiff.errors import InputError, MissingInputError
 from spinesegdiff.pipelines.input_list import parse_where, read_input_list
 from spinesegdiff.pipelines.inputs import plan_outputs, scan_list_inputs
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(autouse=True)
-def _any_segmentation_is_written(monkeypatch) -> None:
-    switch_off_spine_judgement(monkeypatch)
+pytestmark = pytest.mark.usefixtures("spine_judgement_off")
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from levels_phantoms import spine_slice
-from predict_helpers import FAST, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
+from predict_helpers import FAST, predict, write_scan
 from spinesegdiff.anatomy import LevelReport, draw_level_names, measure_levels
 from spinesegdiff.errors import InputError
 from spinesegdiff.evaluation.levels import (
@@ -176,13 +176,8 @@ def test_overlay_names_are_drawn_beside_the_spine() -> None:
         assert col < front and abs(row - levels[name].centroid_mm[0] / 0.5) < 1.0
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-def test_predict_writes_the_level_lists_in_strict_json(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
-    switch_off_spine_judgement(monkeypatch)
+@pytest.mark.usefixtures("spine_judgement_off")
+def test_predict_writes_the_level_lists_in_strict_json(tiny_model: Path, tmp_path: Path) -> None:
     scan = write_scan(tmp_path / "scan.mha")
     result = predict("-i", str(scan), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
     assert result.returncode == 0, result.stderr
@@ -191,12 +186,12 @@ def test_predict_writes_the_level_lists_in_strict_json(tiny_model: Path, tmp_pat
     assert set(report["levels"]) == {"named_from", "doubtful", "reason", "slice", "contrast"}
 
 
-def test_write_outputs_reports_the_phantoms_levels(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.usefixtures("spine_judgement_off")
+def test_write_outputs_reports_the_phantoms_levels(tiny_model: Path, tmp_path: Path) -> None:
     from spinesegdiff.data.phantom import make_phantom
     from spinesegdiff.pipelines.predict import segment, write_outputs
     from spinesegdiff.pipelines.settings import SamplerSettings
 
-    switch_off_spine_judgement(monkeypatch)
     phantom = make_phantom(shape=(3, 240, 200), spacing=(1.0, 1.0, 3.0), num_vertebrae=6, seed=1)
     result = segment((phantom.image * 800, phantom.geometry), model=tiny_model, device="cpu", quiet=True,
                      settings=SamplerSettings(num_samples=1, num_steps=1, fuse_steps=1))

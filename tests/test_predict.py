@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import subprocess
@@ -14,10 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from predict_helpers import predict
 from spinesegdiff.data.io import Geometry, read_image, write_image
 from spinesegdiff.data.phantom import make_phantom
-from spinesegdiff.models import ModelConfig, build_model
-from spinesegdiff.models.checkpoint import save_checkpoint
 
 # the tiny untrained network draws scattered pixels that the anatomical clean-up would remove entirely (and the
 # result would be refused as no spine): these tests are about what runs and where outputs go, so they keep them
@@ -26,31 +23,6 @@ FAST = ["--samples", "2", "--steps", "2", "--fuse-steps", "2", "--backend", "tor
 SAMPLE_GOLDEN = Path(__file__).parent / "data" / "spider_107_t2_SPACE_central_labels.npz"
 """The default pipeline's labels on the central slice of the shipped sample scan (native grid, 640 x 512), as
 recorded when the shipped models were made; a uint8 label map, 4 KB compressed."""
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """An untrained tiny network in our checkpoint format: fast, for geometry and error handling."""
-    config = ModelConfig(variant="spinesegdiff", widths=(8, 8, 16), time_embed_dim=32, patch_size=2)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    net = build_model(config)
-    save_checkpoint(path, {"model_config": config.to_dict(), "train_config": {"schedule": "linear"},
-                           "scheduler": {"schedule": "linear", "num_train_timesteps": 1000},
-                           "model": net.state_dict(), "ema": net.state_dict()})
-    return path
-
-
-def predict(*args: str) -> subprocess.CompletedProcess:
-    """``spinesegdiff predict ARGS`` in this process (the import of torch is paid once, not per test)."""
-    from spinesegdiff.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main(["predict", *args])
-        except SystemExit as exit_:  # argparse: --help, or a usage error
-            code = exit_.code
-    return subprocess.CompletedProcess(["spinesegdiff", "predict", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
 def predict_in_a_process(*args: str) -> subprocess.CompletedProcess:

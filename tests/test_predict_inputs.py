@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predict_helpers import FAST, SHAPE, predict, switch_off_spine_judgement, tiny_checkpoint, write_scan
+from predict_helpers import FAST, SHAPE, predict, tiny_checkpoint, write_scan
 from spinesegdiff.data.io import Geometry, write_image
 from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.errors import InputError, MissingInputError
@@ -29,15 +29,7 @@ from spinesegdiff.pipelines.inputs import (
 )
 from spinesegdiff.pipelines.settings import InvalidSetting, SamplerSettings
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(autouse=True)
-def _any_segmentation_is_written(monkeypatch) -> None:
-    switch_off_spine_judgement(monkeypatch)
+pytestmark = pytest.mark.usefixtures("spine_judgement_off")
 
 
 def _label_map(path: Path, values=(0, 1, 2, 3), dtype=np.uint8) -> Path:
