@@ -5,7 +5,7 @@ input whose T1 appearance we control: the phantom generator's T1 and T2 modes dr
 swapped tissue contrast. This prints Dice per structure on N phantom central slices in each mode (phantoms are
 never used for training, so both numbers are out-of-distribution; the gap between them is the point).
 
-    python benchmarks/contrast_transfer.py --model RUN_OR_CHECKPOINT [--cases 12]
+    python benchmarks/contrast_transfer.py --model RUN_OR_CHECKPOINT [--cases 12] [--preseg-model UNET]
 """
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--samples", type=int, default=15)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--preseg-model", help="a U-Net run or checkpoint: refine its mask from T_pre = 30")
     args = parser.parse_args()
-    segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, settings=SamplerSettings(
-        num_samples=args.samples, num_steps=args.steps, fuse_steps=min(10, args.steps)))
-    print(f"model {args.model}; {args.cases} phantom central slices per contrast (0.47 x 0.47 mm, 9 slices)")
+    presegmenter = None
+    if args.preseg_model:
+        from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
+
+        presegmenter = resolve_presegmenter("unet", args.preseg_model, user_model=True, device="cpu")
+    segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
+                                          settings=SamplerSettings(num_samples=args.samples, num_steps=args.steps,
+                                                                   fuse_steps=min(10, args.steps)))
+    print(f"model {args.model}; presegmenter {args.preseg_model}")
+    print(f"{args.cases} phantom central slices per contrast (0.47 x 0.47 mm, 9 slices)")
     print("| contrast | SC | VB | IVD | mDice |")
     print("|---|---|---|---|---|")
     for contrast in ("T2", "T1"):

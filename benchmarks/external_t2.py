@@ -6,7 +6,8 @@ both the share of predicted pixels more than 15 mm in front of the spine. ``--vo
 and reports the worst slice's share in front (the issue's target: nothing drawn more than 15 mm in front of the
 spine on any slice). These scans are for evaluation only; no model here was trained on them.
 
-    python benchmarks/external_t2.py [--data ../shared/data/external-t2-2d] [--volume] [--model M --preseg none]
+    python benchmarks/external_t2.py [--data ../shared/data/external-t2-2d] [--volume]
+        [--model M --preseg none | --preseg unet --preseg-model U]
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ def main() -> None:
     parser.add_argument("--volume", action="store_true", help="segment every slice (worst share in front)")
     parser.add_argument("--model", help="a diffusion model (default: the shipped refiner with the shipped U-Net)")
     parser.add_argument("--preseg", default=None, help="none, unet or nnunet (as predict's --preseg)")
+    parser.add_argument("--preseg-model", help="the presegmenter's model (a U-Net run or checkpoint)")
     parser.add_argument("--samples", type=int, default=15)
     parser.add_argument("--keep-all-parts", action="store_true", help="without the plausibility clean-up")
     args = parser.parse_args()
     from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 
-    presegmenter = resolve_presegmenter(args.preseg, None, user_model=args.model is not None, device="cpu")
+    presegmenter = resolve_presegmenter(args.preseg, args.preseg_model, user_model=args.model is not None, device="cpu")
     segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
                                           settings=SamplerSettings(num_samples=args.samples))
     print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; "

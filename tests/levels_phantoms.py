@@ -23,7 +23,8 @@ def spine_slice(*, row_mm: float = 0.5, col_mm: float = 0.6, shape: tuple[int, i
                 width: float = 36.0, canal_ap: float = 14.0, slips: Mapping[int, float] | None = None,
                 lowest: str = "disc", top_offset_mm: float = 0.0, missing_discs: Sequence[int] = (),
                 contrast: Mapping = T2, disc_intensity: Mapping[int, float] | None = None,
-                uncertainty_rim_px: int = 0) -> SagittalSlice:
+                uncertainty_rim_px: int = 0, body_depths: Mapping[int, float] | None = None,
+                canal_gaps: Sequence[int] = ()) -> SagittalSlice:
     """A labelled slice, bodies counted from the top (0) down.
 
     Args:
@@ -34,6 +35,9 @@ def spine_slice(*, row_mm: float = 0.5, col_mm: float = 0.6, shape: tuple[int, i
         missing_discs: indices of the discs below these bodies left out (fused levels).
         disc_intensity: disc index -> its intensity (default the contrast's disc value).
         uncertainty_rim_px: if positive, a heatmap of 0.8 on the structures' edges this many pixels wide.
+        body_depths: body index -> its AP depth in mm (default ``width``), its posterior wall kept in place.
+        canal_gaps: indices of the bodies behind whose lower disc the canal is missing (a stenosis that a
+            segmentation lost: the canal in pieces).
     """
     slips = dict(slips or {})
     rows, cols = np.meshgrid(np.arange(shape[0]) * row_mm, np.arange(shape[1]) * col_mm, indexing="ij")
@@ -48,10 +52,13 @@ def spine_slice(*, row_mm: float = 0.5, col_mm: float = 0.6, shape: tuple[int, i
     top = -bodies * pitch / 2 - top_offset_mm
     back = -width / 2 - 1.0
     canal = (u < back) & (u > back - canal_ap) & (v > top - 20) & (v < top + bodies * pitch + 40)
+    for k in canal_gaps:
+        canal &= ~((v >= top + k * pitch + body_h) & (v < top + (k + 1) * pitch))
     labels[canal] = SPINAL_CANAL
     for k in range(bodies):
         start, shift = top + k * pitch, slips.get(k, 0.0)
-        body = (v >= start) & (v < start + body_h) & (np.abs(u - shift) <= width / 2)
+        depth = (body_depths or {}).get(k, width)
+        body = (v >= start) & (v < start + body_h) & (u - shift >= -width / 2) & (u - shift <= depth - width / 2)
         labels[body] = VERTEBRA
         process = ((u - (back - canal_ap - 12)) / 8) ** 2 + ((v - (start + 0.6 * body_h)) / 6) ** 2 < 1
         labels[process] = VERTEBRA

@@ -18,7 +18,7 @@ from spinesegdiff.models.checkpoint import save_checkpoint
 from spinesegdiff.pipelines import sampling
 from spinesegdiff.pipelines.backends import numpy_sampler
 from spinesegdiff.pipelines.backends.numpy_sampler import TorchCompatibleNormal
-from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
+from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter, SliceSegmentation
 
 openvino = pytest.importorskip("openvino")
 
@@ -117,7 +117,8 @@ def test_numpy_sampler_is_the_torch_sampler(prediction_type: str, refine: bool) 
     np.testing.assert_array_equal(ours.labels, expected.labels.numpy())
     for name in ("probabilities", "class_probabilities", "uncertainty", "structure_uncertainty", "variance"):
         np.testing.assert_allclose(getattr(ours, name), getattr(expected, name).numpy(), atol=2e-5, err_msg=name)
-    assert ours.num_network_calls == expected.num_network_calls == 3
+    assert type(ours) is SliceSegmentation  # one result type for both samplers, without PyTorch
+    assert ours.network_calls == expected.num_network_calls == 3
 
 
 def test_compiled_segmenter_gives_the_torch_labels_and_later_runs_without_torch(tmp_path: Path, cache: Path
@@ -140,6 +141,7 @@ def test_compiled_segmenter_gives_the_torch_labels_and_later_runs_without_torch(
     np.testing.assert_allclose(ours.probabilities, expected.probabilities, atol=1e-4)
     np.testing.assert_allclose(ours.uncertainty, expected.uncertainty, atol=1e-3)
     assert (ours.network_calls, expected.network_calls) == (2 * 3, 3 * 3)  # batches x steps: batching, same noise
+    assert type(ours) is type(expected) is SliceSegmentation
     assert compiled.describe() == torch_path.describe() | {"backend": "openvino", "images_per_batch": 2}
     assert compiled.train_config["fold"] == 3 and compiled.model_config == TINY
     # a fresh process loads the bundle without importing PyTorch, and samples the same labels

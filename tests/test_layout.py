@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and the ones below, never one above):
 
-    errors, devices, files < data < anatomy < diffusion < models < pipelines < review < evaluation < training < cli
+    errors, devices, files, cividis, drawing < data < anatomy < diffusion < models < pipelines < review < evaluation
+    < training < cli
 
 ``assets`` (shipped files) sits with the lowest layer; ``__init__`` and ``__main__`` may import anything.
 """
@@ -16,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "spinesegdiff"
 LAYERS = {
-    "errors": 0, "devices": 0, "files": 0, "assets": 0,
+    "errors": 0, "devices": 0, "files": 0, "assets": 0, "cividis": 0, "drawing": 0,
     "data": 1, "anatomy": 2, "diffusion": 3, "models": 4, "pipelines": 5, "review": 6, "evaluation": 7,
     "training": 8, "cli": 9,
 }

@@ -253,3 +253,71 @@ def test_local_morphology_equals_scipys_on_the_whole_image() -> None:
     np.testing.assert_array_equal(dilate(mask, 3), ndimage.binary_dilation(mask, iterations=3))
     np.testing.assert_array_equal(erode(mask), ndimage.binary_erosion(mask))
     assert not dilate(np.zeros((5, 5), dtype=bool), 2).any() and not erode(np.zeros((5, 5), dtype=bool)).any()
+
+
+def test_a_canal_in_pieces_still_bounds_every_body() -> None:
+    scan = spine_slice(tilt_deg=20.0, row_mm=0.45, col_mm=0.7, canal_gaps=[2])  # the canal lost behind L3-L4
+    report = measure_levels(scan)
+    assert not report.note["doubtful"]
+    for level, vertebra in zip(report.levels.vertebrae, report.vertebrae, strict=True):
+        assert level.area_mm2 == pytest.approx(25.0 * 36.0, rel=0.03)  # the lower piece bounds L4 and L5 too
+        assert abs(vertebra["slip_mm"]) < 0.5
+    from spinesegdiff.anatomy.instances import anterior_of_canal_pieces
+
+    largest_only = anterior_of_canal_pieces(scan, None)
+    assert (largest_only != report.levels.anterior).sum() > 100  # the first version cut L4 and L5 wrong here
+
+
+def test_level_factors_follow_the_literature_pattern() -> None:
+    from spinesegdiff.anatomy.measures import LITERATURE_DISC_HEIGHT_MM, level_factor
+
+    assert sum(LITERATURE_DISC_HEIGHT_MM.values()) == pytest.approx(50.72)
+    assert level_factor(1) == pytest.approx(10.56 / 10.144)  # L5-S1
+    assert level_factor(2) == pytest.approx(11.44 / 10.144)  # L4-L5, the highest normal disc
+    assert level_factor(5) == pytest.approx(8.37 / 10.144)  # L1-L2
+    assert level_factor(7) == level_factor(5)  # above L1-L2 the source has no value: L1-L2's
+    assert level_factor(0) is None and level_factor(None) is None
+
+
+@pytest.mark.parametrize("tilt", [0.0, 20.0])
+def test_body_depth_and_depth_index_in_mm(tilt: float) -> None:
+    from spinesegdiff.anatomy import measures as m
+
+    depths = {"L1": 36.0, "L2": 36.0, "L3": 36.0, "L4": 30.0, "L5": 42.0}  # bodies counted from the top
+    scan = spine_slice(tilt_deg=tilt, row_mm=0.45, col_mm=0.7, disc_h=9.0, width=36.0,
+                       body_depths={3: 30.0, 4: 42.0})
+    report = measure_levels(scan)
+    levels = report.levels
+    for vertebra in levels.vertebrae:
+        disc = levels.by_rank("disc", vertebra.rank)
+        frame = m.disc_frame(scan, levels, disc)
+        assert m.body_depth_mm(scan.points_mm(levels.body(vertebra)), frame, scan) == pytest.approx(
+            depths[vertebra.name], abs=0.6)
+    heights = {d["rank"]: d["height_mm"] for d in report.discs}
+    indices = m.depth_indices(scan, levels, heights)
+    by_name = {"L5-S1": [depths["L5"]], "L4-L5": [depths["L4"], depths["L5"]], "L3-L4": [depths["L3"], depths["L4"]],
+               "L2-L3": [depths["L2"], depths["L3"]], "L1-L2": [depths["L1"], depths["L2"]]}
+    for disc in report.discs:
+        expected = disc["height_mm"] / np.mean(by_name[disc["level"]]) / m.level_factor(disc["rank"])
+        assert indices[disc["rank"]] == pytest.approx(expected, rel=0.02)
+    assert m.depth_index(None, [30.0], 2) is None and m.depth_index(9.0, [None], 2) is None
+    assert m.depth_index(9.0, [30.0, 42.0], 2) == pytest.approx(9.0 / 36.0 / m.level_factor(2))
+
+
+def test_a_narrow_disc_has_a_low_depth_index_and_a_partial_one_none() -> None:
+    from spinesegdiff.anatomy import measures as m
+
+    def indices(scan):
+        report = measure_levels(scan)
+        return m.depth_indices(scan, report.levels, {d["rank"]: d["height_mm"] for d in report.discs})
+
+    assert indices(spine_slice(disc_h=4.0))[2] < 0.6 * indices(spine_slice(disc_h=9.0))[2]
+    top_cut = spine_slice(bodies=6, top_offset_mm=50.0, body_depths={0: 24.0})  # T12, cut by the image edge,
+    # is not measured: T12-L1's index takes L1's depth alone
+    report = measure_levels(top_cut)
+    values = m.depth_indices(top_cut, report.levels, {d["rank"]: d["height_mm"] for d in report.discs})
+    frame = m.disc_frame(top_cut, report.levels, report.levels.by_rank("disc", 6))
+    l1 = m.body_depth_mm(top_cut.points_mm(report.levels.body(report.levels.by_rank("vertebra", 5))), frame,
+                         top_cut)
+    t12_l1 = next(d for d in report.discs if d["level"] == "T12-L1")
+    assert values[6] == pytest.approx(t12_l1["height_mm"] / l1 / m.level_factor(6))

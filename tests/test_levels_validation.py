@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -44,7 +45,7 @@ def test_spearman_by_hand() -> None:
 
 def _disc_row(patient: str, **values) -> dict:
     row = {"patient": patient, "level": "L4-L5", "height_index": None, "height_mm": None, "signal_ratio": None,
-           "slip_mm": None, "narrowing": 0, "pfirrmann": 1, "spondylolisthesis": 0}
+           "slip_mm": None, "depth_index": None, "narrowing": 0, "pfirrmann": 1, "spondylolisthesis": 0}
     return {**row, **values}
 
 
@@ -98,13 +99,22 @@ def test_discs_are_matched_to_the_gradings_by_level() -> None:
     lumbar = [{**g, "label": g["label"] + 1} for g in graded]  # labels 1 (L5-S1) and 2 (L4-L5)
     missed = compare_patient("41", _report([2, 3], {}), lumbar)  # no L5-S1 disc found: no shift of the rest
     assert [r["level"] for r in missed.discs] == [None, "D2"]
+    assert [r["depth_index"] for r in missed.discs] == [None, None]  # no extra measures given
+    extra = {1: {"depth_index": 0.11}, 2: {"depth_index": 0.22}, 3: {"depth_index": 0.33}}
+    matched = compare_patient("41", _report([2, 3], {}), lumbar, extra=extra)
+    assert [r["depth_index"] for r in matched.discs] == [None, 0.22]  # by rank: L4-L5's, none for the missed one
 
 
 def test_summary_says_which_target_is_met() -> None:
-    naming = [{"patient": str(k), "agrees": k != 0, "all_graded_named": True, "doubtful": False} for k in range(4)]
+    naming = [{"patient": str(k), "agrees": k != 0, "all_graded_named": k != 1, "doubtful": False}
+              for k in range(4)]
     discs = [_disc_row(str(k), height_index=0.1 + 0.1 * k, narrowing=int(k < 2), signal_ratio=1.0 - 0.2 * k,
-                       pfirrmann=k + 1, slip_mm=float(k), spondylolisthesis=int(k == 3)) for k in range(4)]
+                       pfirrmann=k + 1, slip_mm=float(k), spondylolisthesis=int(k == 3),
+                       depth_index=[0.3, 0.1, 0.2, 0.4][k]) for k in range(4)]
     summary = summarise(naming, discs, resamples=200)
+    assert summary["graded_levels_named"]["value"] == pytest.approx(0.75)
+    assert summary["depth_index_auroc"]["value"] == pytest.approx(0.75)  # 3 of 4 pairs right: not 0.3 over 0.2
+    assert not summary["depth_index_auroc"]["met"] and summary["depth_index_auroc"]["positives"] == 2
     assert summary["naming_agreement"]["value"] == pytest.approx(0.75) and not summary["naming_agreement"]["met"]
     assert summary["height_index_auroc"]["value"] == 1.0 and summary["height_index_auroc"]["met"]
     assert summary["signal_spearman"]["value"] == pytest.approx(-1.0) and summary["signal_spearman"]["met"]
@@ -113,10 +123,10 @@ def test_summary_says_which_target_is_met() -> None:
 
 def test_gradings_that_are_not_spiders_are_refused(tmp_path: Path) -> None:
     bad = tmp_path / "gradings.csv"
-    bad.write_text("Patient,IVD label\n1,1\n")
+    bad.write_text("Patient,IVD label\n1,1\n", encoding="utf-8")
     with pytest.raises(InputError, match="gradings.csv: not SPIDER's radiological_gradings.csv"):
         read_gradings(bad)
-    bad.write_text("Patient,IVD label,Disc narrowing,Pfirrman grade,Spondylolisthesis\n1,1,0,x,0\n")
+    bad.write_text("Patient,IVD label,Disc narrowing,Pfirrman grade,Spondylolisthesis\n1,1,0,x,0\n", encoding="utf-8")
     with pytest.raises(InputError, match="line 2: a grading is not a whole number"):
         read_gradings(bad)
     with pytest.raises(InputError, match="cannot read the gradings"):
@@ -155,25 +165,41 @@ def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
     summary = _strict((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
     naming = summary["sources"]["reference masks"]["naming_agreement"]
     assert naming["value"] == 1.0 and naming["patients"] == 2  # 7 and 8 discs named and graded
-    assert "reference masks" in out and (tmp_path / "report" / "discs.csv").read_text("utf-8").count("\n") == 7 + 8 + 1
+    table = (tmp_path / "report" / "discs.csv").read_text(encoding="utf-8")
+    assert "reference masks" in out and table.count("\n") == 7 + 8 + 1
+    assert "every graded level carries a named disc" in out and "lower depth index" in out
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert all(0.03 < float(r["depth_index"]) < 0.8 for r in rows if r["depth_index"])
+    assert sum(bool(r["depth_index"]) for r in rows) >= 13
     code, _, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out", str(tmp_path / "r2"),
                                "--runs", "runs/unet-fold0")
     assert code == 2 and "{fold}" in err
 
 
 def test_overlay_names_are_drawn_beside_the_spine() -> None:
-    from matplotlib.figure import Figure
+    from PIL import Image, ImageDraw
 
     report = measure_levels(spine_slice())
-    axis = Figure().subplots()
-    draw_level_names(axis, report, 0.5, 0.6)
-    texts = {t.get_text(): t.get_position() for t in axis.texts}
+    rows, cols = report.levels.instance_map.shape
+    green = (0, 128, 0)  # no name or box is drawn in this colour
+    canvas = Image.new("RGB", (cols, rows), green)
+    written = draw_level_names(ImageDraw.Draw(canvas, "RGBA"), report, 0.5, 0.6,
+                               to_canvas=lambda row, col: (col, row), corner=(2.0, 2.0))
+    texts = {name: (x, y) for x, y, name in written}
     assert {"L5-S1", "L5", "L1", "L1-L2"} <= set(texts)
     levels = {lv.name: lv for lv in report.levels.levels}
+    pixels = np.asarray(canvas)
     for name, (col, row) in texts.items():
         front = np.nonzero(report.levels.body(levels[name]) if levels[name].kind == "vertebra"
                            else report.levels.mask(levels[name]))[1].min()
         assert col < front and abs(row - levels[name].centroid_mm[0] / 0.5) < 1.0
+        drawn = pixels[round(row) - 2:round(row) + 3, max(0, round(col) - 10):round(col)]
+        assert (drawn != green).any(axis=-1).all(), f"{name}: nothing drawn just left of where it ends"
+        assert (pixels[round(row), round(col) + 3:] == green).all(), f"{name}: drawn right of where it ends"
+    colours = pixels.reshape(-1, 3).astype(int)
+    assert (colours.min(axis=1) >= 240).any(), "no white name (vertebrae)"
+    red, green_channel, blue = colours.T
+    assert ((red >= 235) & (abs(green_channel - 201) <= 15) & (abs(blue - 203) <= 15)).any(), "no pink name (discs)"
 
 
 @pytest.mark.usefixtures("spine_judgement_off")

@@ -4,8 +4,9 @@ The semantic masks (SPIDER's merged classes, and what the models learn from them
 posterior elements included, and leave the sacrum unlabelled. So:
 
 1. a vertebral **body** is the vertebra in front of the spinal canal (its nearest canal pixel lies behind it,
-   so a tilted canal is followed); each body piece of at least :data:`MIN_BODY_MM2` (or a piece cut by the
-   image edge) is one vertebra;
+   so a tilted canal is followed; every canal piece of at least :data:`CANAL_PIECE_MM2` counts, so a canal
+   interrupted at a stenosis still bounds the bodies beside its lower piece); each body piece of at least
+   :data:`MIN_BODY_MM2` (or a piece cut by the image edge) is one vertebra;
 2. the bodies, top to bottom, make the spine's axis (:class:`~spinesegdiff.anatomy.components.SpineAxis`);
    disc pieces are placed on it, and pieces of one gap between bodies closer than :data:`SAME_DISC_MM`
    along it are one disc (a herniated or split disc stays one level);
@@ -43,6 +44,10 @@ SAME_DISC_MM = 10.0
 """Disc pieces of one gap closer than this along the spine axis are one disc (a disc is 5-15 mm high)."""
 SACRUM_AREA_RATIO = 1.5
 """A lowest vertebra without a disc beneath is sacrum-like when this much larger than the median body."""
+CANAL_PIECE_MM2 = 50.0
+"""Every canal piece of at least this area (and the largest one) decides what is in front of the canal: a
+segmentation often interrupts the thecal sac at a stenosis, and its lower segment still bounds the bodies beside
+it; smaller pieces are stray pixels."""
 RUDIMENTARY_DISC_RATIO = 0.35
 """A lowest disc smaller than this share of the median disc may be the rudimentary disc of a transitional
 vertebra (a lumbarised S1): the count is then doubtful."""
@@ -283,13 +288,28 @@ def _spine_axis(scan: SagittalSlice, bodies: list[_Element]) -> SpineAxis:
     return SpineAxis(scan.points_mm(spine).mean(axis=0, keepdims=True) if spine.any() else np.zeros((1, 2)))
 
 
+def anterior_of_canal_pieces(scan: SagittalSlice, min_piece_mm2: float | None = CANAL_PIECE_MM2) -> np.ndarray | None:
+    """Pixels in front of the spinal canal: the nearest pixel of the canal's pieces of at least
+    ``min_piece_mm2`` (and of its largest piece) lies behind them (``None``: the largest piece only, as
+    :func:`~spinesegdiff.anatomy.components.anterior_of_canal`); ``None`` when there is no canal."""
+    labelled, count = ndimage.label(scan.canal)
+    if count == 0:
+        return None
+    if min_piece_mm2 is None:
+        return anterior_of_canal(scan.canal)
+    areas = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, count + 1)) * scan.pixel_area_mm2
+    kept = np.isin(labelled, 1 + np.flatnonzero((areas >= min_piece_mm2) | (areas == areas.max())))
+    _, (_, nearest_cols) = ndimage.distance_transform_edt(~kept, return_indices=True)
+    return np.arange(scan.canal.shape[1])[None, :] < nearest_cols
+
+
 def identify_levels(scan: SagittalSlice) -> SpineLevels:
     """Split the slice's vertebrae and discs into instances and name them from the sacrum up.
 
     Never raises on an odd segmentation: what cannot be named has ``rank`` ``None`` and the result is
     ``doubtful`` with its reasons.
     """
-    anterior = anterior_of_canal(scan.canal)
+    anterior = anterior_of_canal_pieces(scan, CANAL_PIECE_MM2)
     doubts = []
     if anterior is None:
         anterior = np.ones(scan.labels.shape, dtype=bool)

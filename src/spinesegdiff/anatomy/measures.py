@@ -11,6 +11,9 @@ reads true:
 * **vertebral body height**: the same on the body (the vertebra in front of the canal), in the frame of the
   adjacent discs (their mean short axis), or the body's own principal axis nearest the image's vertical;
 * **disc height index**: disc height over the mean height of the adjacent whole bodies;
+* **depth index** (:func:`depth_indices`; validated beside the height index, not yet in the report): disc
+  height over the mean AP depth of the adjacent whole bodies (:func:`body_depth_mm`), over its level's normal
+  height in the literature relative to the mean lumbar disc (:func:`level_factor`);
 * **canal AP diameter** at a disc: the canal's extent in a strip through the disc's centre along its long
   axis, behind the disc (pixel count over pixels per mm, as for heights);
 * **disc signal ratio**: mean intensity of the disc's nucleus (its central half, one pixel in from its edge)
@@ -250,3 +253,65 @@ def slip(upper: np.ndarray, lower: np.ndarray, frame: Frame) -> tuple[float, flo
     length = float(np.ptp(lower_along))  # the lower endplate's length, end to end
     offset = float(back_upper - back_lower)
     return offset, float(100 * offset / length) if length > 0 else float("nan")
+
+
+
+LITERATURE_DISC_HEIGHT_MM: dict[int, float] = {1: 10.56, 2: 11.44, 3: 10.71, 4: 9.64, 5: 8.37}
+"""Mean mid-sagittal MRI disc height (mm) by disc rank (1 = L5-S1 ... 5 = L1-L2) in 106 asymptomatic adults:
+I. G. Shukri, K. A. Mahmood, S. A. Abdulrahman, A morphometric study of the lumbar spine in asymptomatic
+subjects in Sulaimani city by magnetic resonance imaging, Journal of Sulaimani Medical College 3(1), 2013,
+doi:10.17656/jsmc.10028. Only the pattern across levels is used (:func:`level_factor`)."""
+
+
+def level_factor(rank: int | None) -> float | None:
+    """How high a normal disc of this rank is relative to the mean normal lumbar disc
+    (:data:`LITERATURE_DISC_HEIGHT_MM`; discs above L1-L2, for which the source has no value, take L1-L2's);
+    ``None`` without a rank."""
+    if rank is None or rank < 1:
+        return None
+    normal = LITERATURE_DISC_HEIGHT_MM[min(rank, max(LITERATURE_DISC_HEIGHT_MM))]
+    return normal / float(np.mean(list(LITERATURE_DISC_HEIGHT_MM.values())))
+
+
+def body_depth_mm(points: np.ndarray, frame: Frame, scan: SagittalSlice) -> float | None:
+    """A body's AP depth (mm) along ``frame``'s long axis, through the middle of its height (its pixel count in a
+    strip :func:`strip_mm` wide over the strip's pixels per mm, as for heights); ``None`` for under 3 points."""
+    if len(points) < 3:
+        return None
+    _, across = frame.coordinates(points)
+    low, high = np.percentile(across, [1, 99])
+    middle, width = (low + high) / 2, strip_mm(scan)
+    turned = Frame(centre=frame.centre, along=frame.across, across=frame.along)  # the strip runs along the disc
+    return float(np.sum(np.abs(across - middle) <= width / 2) / strip_pixels_per_mm(scan, turned, middle, width))
+
+
+def depth_index(height_mm: float | None, depths_mm: list[float | None], rank: int | None) -> float | None:
+    """Disc height over the mean AP depth of its adjacent whole bodies, over its level's :func:`level_factor`.
+
+    Depth rather than height of the bodies: Frobin et al. (Clin. Biomech. 12 Suppl. 1, 1997) relate disc height
+    to vertebral depth, which neither magnification nor a body's loss of height changes; the level factor
+    takes out the normal increase of disc height from L1-L2 to L4-L5 that a radiologist keeps in mind when
+    calling one disc narrowed. ``None`` without a height, a depth or a rank."""
+    depths = [d for d in depths_mm if d]
+    factor = level_factor(rank)
+    if height_mm is None or not depths or factor is None:
+        return None
+    return height_mm / float(np.mean(depths)) / factor
+
+
+def depth_indices(scan: SagittalSlice, levels: SpineLevels, heights_mm: dict[int, float | None]
+                  ) -> dict[int, float | None]:
+    """:func:`depth_index` of every named disc (``heights_mm``: its reported height by rank; a partial disc has
+    none), the bodies' depths taken along the disc's own long axis (:func:`disc_frame`)."""
+    out: dict[int, float | None] = {}
+    for disc in levels.discs:
+        if disc.rank is None:
+            continue
+        frame = disc_frame(scan, levels, disc)
+        depths = []
+        for rank in (disc.rank, disc.rank - 1):  # the body above, the body below (none over the sacrum)
+            body = levels.by_rank("vertebra", rank)
+            if body is not None and not body.partial:
+                depths.append(body_depth_mm(scan.points_mm(levels.body(body)), frame, scan))
+        out[disc.rank] = depth_index(heights_mm.get(disc.rank), depths, disc.rank)
+    return out

@@ -15,9 +15,9 @@ measure means and how its uncertainty is taken: :mod:`spinesegdiff.anatomy.measu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,19 @@ from spinesegdiff.anatomy import measures as m
 from spinesegdiff.anatomy.instances import Level, SpineLevels, identify_levels
 from spinesegdiff.anatomy.sagittal import Frame, SagittalSlice, mid_sagittal_index, scan_slice
 from spinesegdiff.data.preprocess import SagittalGrid, slices_to_volume
+
+if TYPE_CHECKING:  # Pillow is imported where the names are drawn
+    from PIL import ImageDraw
+
+
+def _with_after(entry: dict[str, Any], key: str, new_key: str, value: Any) -> dict[str, Any]:
+    """``entry`` with ``new_key: value`` placed right after ``key`` (the JSON reads in that order)."""
+    out: dict[str, Any] = {}
+    for name, item in entry.items():
+        out[name] = item
+        if name == key:
+            out[new_key] = value
+    return out
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -135,6 +148,8 @@ def measure_levels(scan: SagittalSlice) -> LevelReport:
                     if v.rank is not None}
     t2_like = m.is_t2_like(scan)
     discs = [_disc_entry(scan, levels, variants, d, frames[d.label], body_heights, t2_like) for d in levels.discs]
+    depth = m.depth_indices(scan, levels, {d["rank"]: d["height_mm"] for d in discs if d["rank"] is not None})
+    discs = [_with_after(disc, "height_index", "depth_index", _round(depth.get(disc["rank"]), 3)) for disc in discs]
     note = {
         "named_from": levels.named_from,
         "doubtful": levels.doubtful,
@@ -185,19 +200,43 @@ def spider_labels(labels_zyx: np.ndarray, grid: SagittalGrid, indices: Sequence[
     return slices_to_volume(np.stack(views), list(indices), grid)
 
 
-def draw_level_names(axis: Any, report: LevelReport, row_mm: float, col_mm: float) -> None:
-    """Write each named level in front of the spine on a matplotlib ``axis`` that shows the slice in pixel
-    coordinates (rows down, columns right); vertebrae in white, discs in pink, smaller; a doubtful count is
-    said in the corner."""
+LEVEL_NAME_STYLE = {"vertebra": {"size": 11, "fill": (255, 255, 255, 255)},
+                    "disc": {"size": 9, "fill": (255, 201, 203, 255)}}
+"""How :func:`draw_level_names` writes a name: pixel size and RGBA colour, vertebrae white, discs pink and smaller."""
+NAME_BOX = (0, 0, 0, 115)
+"""The box behind each name: black at 45 % opacity."""
+DOUBTFUL_NOTE = "level count doubtful (see JSON)"
+
+
+def draw_level_names(draw: ImageDraw.ImageDraw, report: LevelReport, row_mm: float, col_mm: float, *,
+                     to_canvas: Callable[[float, float], tuple[float, float]],
+                     corner: tuple[float, float]) -> list[tuple[float, float, str]]:
+    """Write each named level in front of the spine on a Pillow drawing of the slice; a doubtful count is said at
+    ``corner``.
+
+    Args:
+        draw: a ``PIL.ImageDraw.ImageDraw`` made with mode ``"RGBA"`` (so the boxes are see-through).
+        report: the slice's levels; ``row_mm``, ``col_mm``: its pixel spacing.
+        to_canvas: ``(row, col)`` of a slice pixel (rows down, columns right, pixel centres at whole numbers)
+            -> ``(x, y)`` on the canvas.
+        corner: ``(x, y)`` on the canvas of the note "level count doubtful" (its top-left), when the count is.
+
+    Returns:
+        ``(x, y, name)`` of each name written: the middle of its right end on the canvas, in front of the level
+        (:func:`label_positions`); vertebrae white, discs pink and smaller (:data:`LEVEL_NAME_STYLE`), each on
+        a dark box.
+    """
+    from spinesegdiff.drawing import draw_text
+
     shape = report.levels.instance_map.shape
+    written = []
     for row, col, name, kind in label_positions(report, shape, row_mm, col_mm):
-        vertebra = kind == "vertebra"
-        axis.text(col, row, name, ha="right", va="center", fontsize=7 if vertebra else 5.5,
-                  color="white" if vertebra else "#ffc9cb",
-                  bbox={"boxstyle": "round,pad=0.15", "facecolor": "black", "alpha": 0.45, "linewidth": 0})
+        x, y = to_canvas(row, col)
+        draw_text(draw, (x, y), name, anchor="rm", box=NAME_BOX, pad=1, **LEVEL_NAME_STYLE[kind])
+        written.append((x, y, name))
     if report.note["doubtful"]:
-        axis.text(0.02, 0.98, "level count doubtful (see JSON)", transform=axis.transAxes, ha="left", va="top",
-                  fontsize=7, color="orange")
+        draw_text(draw, corner, DOUBTFUL_NOTE, size=11, fill=(255, 165, 0, 255), anchor="lt")
+    return written
 
 
 def _cell(value: Any, unit: str = "", span: list[float] | None = None) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from spinesegdiff.anatomy import LevelReport, draw_level_names, scan_levels
+from spinesegdiff.anatomy import LevelReport, scan_levels
 from spinesegdiff.data.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_segmentation
 from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
@@ -61,10 +61,12 @@ from spinesegdiff.pipelines.inputs import (
 )
 from spinesegdiff.pipelines.label_convention import spider_label_map, spider_value_names
 from spinesegdiff.pipelines.midline import SliceChoice, candidate_slices, choose_slice
+from spinesegdiff.pipelines.overlay import render_overlay
 from spinesegdiff.pipelines.plausibility import plausible_probabilities
 from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.quality_score import quality_score
+from spinesegdiff.pipelines.read_ahead import read_ahead
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
 from spinesegdiff.pipelines.settings import (
     INSTANCE_FREE_FORMATS,
@@ -411,9 +413,11 @@ def predict_scans(
     before any work (errors raise here; see :mod:`spinesegdiff.pipelines.inputs`: an output never replaces an
     input, earlier outputs and label maps are left out, scans sharing a stem get distinct outputs). The inputs
     left out come first, one :class:`ScanOutcome` each with its ``note`` (or ``error``, for a broken link);
-    the scans are then segmented one by one as the returned iterator is consumed, one :class:`ScanOutcome` each.
-    A scan that cannot be read or segmented becomes an outcome with its error, and the next one is tried; the
-    model is loaded after the first readable scan, so a bad input is reported before a long load.
+    the scans are then segmented one by one as the returned iterator is consumed, one :class:`ScanOutcome` each,
+    in this process the next scan read and preprocessed in a background thread meanwhile (one scan ahead at
+    most; :mod:`~spinesegdiff.pipelines.read_ahead`). A scan that cannot be read or segmented becomes an outcome
+    with its error, in its place in the order, and the next one is tried; the model is loaded after the first
+    readable scan, so a bad input is reported before a long load.
 
     Args:
         input: scan file, DICOM series folder, or folder of them (``None`` with ``input_list``).
@@ -538,7 +542,10 @@ ScanRunner = Callable[[list[tuple[int, PlannedScan]]], Iterator[ScanOutcome]]
 
 def _segment_in_process(load_segmenter: Callable[[], Segmenter], work: ScanWork,
                         todo: list[tuple[int, PlannedScan]]) -> Iterator[ScanOutcome]:
-    """The scans one by one in this process; the model is loaded after the first readable scan."""
+    """The scans one by one in this process, the next one read and preprocessed in a background thread while
+    this one is segmented and written (:func:`~spinesegdiff.pipelines.read_ahead.read_ahead`, one scan ahead at
+    most); the model is loaded after the first readable scan. Outcomes, errors included, come in ``todo``'s
+    order, as :func:`segment_planned` gives them."""
     segmenter: list[Segmenter] = []
 
     def get_segmenter() -> Segmenter:
@@ -546,8 +553,12 @@ def _segment_in_process(load_segmenter: Callable[[], Segmenter], work: ScanWork,
             segmenter.append(load_segmenter())
         return segmenter[0]
 
-    for index, planned in todo:
-        yield segment_planned(planned, index, work, get_segmenter)
+    reads = read_ahead(todo, lambda item: read_planned(item[1], item[0], work))
+    try:
+        for (index, planned), read in zip(todo, reads, strict=True):
+            yield segment_read(read, planned, index, work, get_segmenter)
+    finally:
+        reads.close()  # an interrupted or abandoned run leaves no read queued
 
 
 def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], run_scans: ScanRunner, *,
@@ -604,17 +615,31 @@ def _write_summary(path: Path | None, rows: list[dict[str, Any]]) -> None:
 def segment_planned(planned: PlannedScan, index: int, work: ScanWork,
                     get_segmenter: Callable[[], Segmenter]) -> ScanOutcome:
     """Read, segment and write one planned scan: its outcome (with the one-line error if it failed)."""
-    scan, total = planned.scan, work.total
+    return segment_read(read_planned(planned, index, work), planned, index, work, get_segmenter)
+
+
+def read_planned(planned: PlannedScan, index: int, work: ScanWork) -> LoadedScan | ScanOutcome:
+    """Read and preprocess one planned scan (:func:`load_scan`): the loaded scan, or its outcome with the
+    one-line error when it cannot be read or is refused. Touches no output and no model: safe in a thread."""
     try:
-        loaded = dataclasses.replace(load_scan(scan, volume=work.volume, slice_index=work.slice_index),
-                                     stem=planned.stem)
+        return dataclasses.replace(load_scan(planned.scan, volume=work.volume, slice_index=work.slice_index),
+                                   stem=planned.stem)
     except SpineSegDiffError as err:
-        return ScanOutcome(scan, index, total, error=str(err))
+        return ScanOutcome(planned.scan, index, work.total, error=str(err))
+
+
+def segment_read(read: LoadedScan | ScanOutcome, planned: PlannedScan, index: int, work: ScanWork,
+                 get_segmenter: Callable[[], Segmenter]) -> ScanOutcome:
+    """Segment and write a scan :func:`read_planned` gave (an outcome, a failed read, is handed on as it is):
+    its outcome, with the one-line error if it failed and the quality doubts as its warning."""
+    if isinstance(read, ScanOutcome):
+        return read
+    scan, total = planned.scan, work.total
     segmenter = get_segmenter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", QualityWarning)
-            result = segment_loaded(loaded, segmenter, keep_all_parts=work.keep_all_parts)
+            result = segment_loaded(read, segmenter, keep_all_parts=work.keep_all_parts)
         paths = write_outputs(result, work.output, output_format=work.output_format, labels=work.labels)
     except SpineSegDiffError as err:
         return ScanOutcome(scan, index, total, error=str(err))
@@ -672,47 +697,6 @@ def output_suffix(source: Path | None, requested: str | None) -> str:
         return suffix
     suffix = image_suffix(source) if source is not None else ""
     return {"": ".nii.gz", ".mhd": ".mha", ".nhdr": ".nrrd"}.get(suffix, suffix)
-
-
-def render_overlay(result: ScanSegmentation, path: Path) -> None:
-    """PNG: the (central) segmented slice with coloured structures beside the uncertainty heatmap, and the
-    level names of ``result.levels`` (when measured) beside the spine.
-
-    Drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas: no pyplot, no global backend change.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    grid = result.prepared.grid
-    index = result.prepared.indices[len(result.prepared.indices) // 2]
-    picture = native_slice(result.image, grid, index).astype(np.float32)
-    labels = native_slice(result.labels, grid, index)
-    heat = native_slice(result.uncertainty, grid, index)
-    aspect = grid.rows.native_spacing / grid.cols.native_spacing
-    high = np.percentile(picture, 99.5) or 1.0
-    colours = ["#00000000", "#f6c445", "#4fa3e0", "#e8575a"]
-    figure = Figure(figsize=(10, 6.2), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
-    for axis in axes:
-        axis.imshow(picture, cmap="gray", vmin=0, vmax=high, aspect=aspect)
-        axis.set_axis_off()
-    masked = np.ma.masked_equal(labels, 0)
-    axes[0].imshow(masked, cmap=ListedColormap(colours[1:]), vmin=1, vmax=3, alpha=0.45, aspect=aspect,
-                   interpolation="nearest")
-    axes[0].set_title("segmentation")
-    shown = axes[1].imshow(heat, cmap="magma", vmin=0, vmax=1, alpha=0.75, aspect=aspect)
-    axes[1].set_title("uncertainty (normalised entropy)")
-    figure.colorbar(shown, ax=axes[1], fraction=0.04)
-    handles = [Patch(color=colours[k + 1], label=name) for k, name in enumerate(STRUCTURE_NAMES)]
-    axes[0].legend(handles=handles, loc="lower left", fontsize=8, framealpha=0.8)
-    if result.levels is not None and result.levels.note["slice"] == index:
-        draw_level_names(axes[0], result.levels, grid.rows.native_spacing, grid.cols.native_spacing)
-    figure.suptitle(f"{result.stem}: sagittal slice {index} ({result.settings['mode']})", fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
 
 
 def check_label_convention(labels: str, suffix: str | None) -> None:

@@ -2,7 +2,9 @@
 
 :class:`Segmenter` holds a network, its noise schedule and the sampling settings; :meth:`Segmenter.segment`
 takes ``uint8`` 320 x 320 slices (as :func:`spinesegdiff.data.preprocess.prepare_scan` makes them) and returns the
-fused probabilities, label maps and uncertainty maps as NumPy arrays.
+fused probabilities, label maps and uncertainty maps as NumPy arrays: a
+:class:`~spinesegdiff.pipelines.results.SliceSegmentation` (importable from here too), the one result type of
+every sampler.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model, resolve_model_file
 from spinesegdiff.models.config import ModelConfig
 from spinesegdiff.pipelines.presegmenters import Presegmenter
+from spinesegdiff.pipelines.results import SliceSegmentation
 from spinesegdiff.pipelines.settings import (  # noqa: F401 (re-exported: the settings' former home)
     BACKENDS,
     DEFAULT_PRESEG_STEPS,
@@ -35,29 +37,6 @@ from spinesegdiff.pipelines.settings import (  # noqa: F401 (re-exported: the se
 
 if TYPE_CHECKING:  # PyTorch is imported where it is used: the compiled CPU path runs without it
     import torch
-
-
-@dataclass(frozen=True)
-class SliceSegmentation:
-    """Sampler output for ``N`` slices on the model grid, as NumPy arrays.
-
-    Attributes:
-        probabilities: ``(N, 3, 320, 320)`` float32 fused SC/VB/IVD probabilities in [0, 1].
-        class_probabilities: ``(N, 4, 320, 320)`` float32, background first, summing to 1.
-        labels: ``(N, 320, 320)`` uint8 in {0, 1, 2, 3}.
-        uncertainty: ``(N, 320, 320)`` float32 entropy heatmap in [0, 1].
-        structure_uncertainty: ``(N, 3, 320, 320)`` float32 per-structure entropy in [0, 1].
-        variance: ``(N, 3, 320, 320)`` float32 sample variance of the last step (IISDM-style uncertainty).
-        network_calls: denoiser passes made, summed over batches.
-    """
-
-    probabilities: np.ndarray
-    class_probabilities: np.ndarray
-    labels: np.ndarray
-    uncertainty: np.ndarray
-    structure_uncertainty: np.ndarray
-    variance: np.ndarray
-    network_calls: int
 
 
 def fast_bfloat16_available(device: torch.device) -> bool:
@@ -109,24 +88,6 @@ class ReducedPrecisionNetwork:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, *, image: torch.Tensor,
                  image_features: list[torch.Tensor] | None = None) -> torch.Tensor:
         return self.net(x_t.to(self.dtype), t, image=image.to(self.dtype), image_features=image_features).float()
-
-
-def presegmenter_result(class_probabilities: np.ndarray) -> SliceSegmentation:
-    """A presegmenter's ``(N, 4, H, W)`` class probabilities as a :class:`SliceSegmentation` (``T_pre = 0``).
-
-    The uncertainty is the normalised entropy of its class probabilities (a single prediction: no fusion).
-    """
-    from spinesegdiff.pipelines.backends.numpy_sampler import presegmentation_summary
-
-    return slice_segmentation(presegmentation_summary(class_probabilities))
-
-
-def slice_segmentation(result) -> SliceSegmentation:
-    """A :class:`~spinesegdiff.pipelines.backends.numpy_sampler.NumpySegmentation` as a :class:`SliceSegmentation`."""
-    return SliceSegmentation(
-        probabilities=result.probabilities, class_probabilities=result.class_probabilities, labels=result.labels,
-        uncertainty=result.uncertainty, structure_uncertainty=result.structure_uncertainty,
-        variance=result.variance, network_calls=result.num_network_calls)
 
 
 def checked_settings(settings: SamplerSettings | None, presegmenter: Presegmenter | None,
@@ -276,7 +237,9 @@ class Segmenter:
         if self.presegmenter is not None and not reference_procedure:
             presegmentation = np.asarray(self.presegmenter(images), dtype=np.float32)
             if self.settings.preseg_steps == 0:
-                return presegmenter_result(presegmentation)
+                from spinesegdiff.pipelines.backends.numpy_sampler import presegmentation_summary
+
+                return presegmentation_summary(presegmentation)
         with torch.inference_mode():
             parts = self._sample_chunks(images, presegmentation, reference_procedure, reference_steps, progress)
 

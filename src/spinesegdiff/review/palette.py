@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from spinesegdiff.cividis import cividis_lut
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 
 PALETTE_NAME = "Okabe-Ito"
@@ -44,10 +45,9 @@ def label_lut() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def uncertainty_lut() -> np.ndarray:
-    """``(256, 3)`` uint8 sRGB of the uncertainty map, entry ``k`` for uncertainty ``k / 255``."""
-    from matplotlib import colormaps
-
-    return np.round(colormaps[UNCERTAINTY_MAP](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    """``(256, 3)`` uint8 sRGB of the uncertainty map, entry ``k`` for uncertainty ``k / 255`` (the overlay's
+    table: :mod:`spinesegdiff.cividis`, no matplotlib)."""
+    return cividis_lut()
 
 
 def legend() -> dict:

@@ -25,6 +25,7 @@ from spinesegdiff.pipelines.backends.compiled import (
     cpu_without_torch,
     repeat_rows,
 )
+from spinesegdiff.pipelines.results import SliceSegmentation, concatenate_segmentations
 from spinesegdiff.pipelines.settings import SamplerSettings
 
 
@@ -103,16 +104,14 @@ class CompiledSegmenter:
         return described
 
     def segment(self, images_u8: np.ndarray, *, reference_procedure: bool = False, reference_steps: int = 50,
-                progress: Callable[[int], object] | None = None):
-        """Segment ``(N, 320, 320)`` ``uint8`` slices -> a :class:`~spinesegdiff.pipelines.segmenter.SliceSegmentation`.
+                progress: Callable[[int], object] | None = None) -> SliceSegmentation:
+        """Segment ``(N, 320, 320)`` ``uint8`` slices -> a :class:`SliceSegmentation`, as the PyTorch path does.
 
         ``progress`` is called with the number of slices finished after each batch (a progress bar's ``update``).
 
         Raises:
             SpineSegDiffError: ``reference_procedure`` (the authors' procedure runs in the PyTorch path only).
         """
-        from spinesegdiff.pipelines.segmenter import presegmenter_result, slice_segmentation
-
         if reference_procedure:
             raise SpineSegDiffError("the authors' procedure runs through the PyTorch sampler: use --backend torch")
         images = np.asarray(images_u8)
@@ -122,7 +121,7 @@ class CompiledSegmenter:
         if self.presegmenter is not None:
             presegmentation = np.asarray(self.presegmenter(images), dtype=np.float32)
             if self.settings.preseg_steps == 0:
-                return presegmenter_result(presegmentation)
+                return numpy_sampler.presegmentation_summary(presegmentation)
         generator = TorchCompatibleNormal(self.settings.seed)
         parts = []
         for start in range(0, len(images), self.settings.images_per_batch):
@@ -131,14 +130,10 @@ class CompiledSegmenter:
             parts.append(self._sample(to_network_range(images[start:stop])[:, None], mask, generator))
             if progress is not None:
                 progress(len(parts[-1].labels))
-        fields = {name: np.concatenate([getattr(p, name) for p in parts])
-                  for name in ("probabilities", "class_probabilities", "labels", "uncertainty",
-                               "structure_uncertainty", "variance")}
-        return slice_segmentation(numpy_sampler.NumpySegmentation(
-            **fields, num_network_calls=sum(p.num_network_calls for p in parts)))
+        return concatenate_segmentations(parts)
 
     def _sample(self, image: np.ndarray, start_mask: np.ndarray | None,
-                generator: TorchCompatibleNormal) -> numpy_sampler.NumpySegmentation:
+                generator: TorchCompatibleNormal) -> SliceSegmentation:
         """One batch: ``(B, 1, H, W)`` images in [-1, 1], the presegmentation's structures or ``None``."""
         settings = self.settings
         samples = image.shape[0] * settings.num_samples

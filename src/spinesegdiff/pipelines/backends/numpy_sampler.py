@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from spinesegdiff.pipelines.results import SliceSegmentation
 
 TWO_PI = 2.0 * math.pi
 NetworkCall = Callable[[np.ndarray, int], np.ndarray]
@@ -151,36 +152,23 @@ def fuse_step_means(step_means: np.ndarray, fusion: str) -> np.ndarray:
     return np.clip((weights * step_means).sum(axis=0), 0.0, 1.0)
 
 
-@dataclass(frozen=True)
-class NumpySegmentation:
-    """What :func:`sample_segmentation` returns: the fields of a ``SegmentationResult`` as float32 arrays
-    (``labels`` uint8), shapes as there."""
-
-    probabilities: np.ndarray
-    class_probabilities: np.ndarray
-    labels: np.ndarray
-    uncertainty: np.ndarray
-    structure_uncertainty: np.ndarray
-    variance: np.ndarray
-    num_network_calls: int
-
-
-def summarise(step_means: np.ndarray, final_probs: np.ndarray, fusion: str, calls: int) -> NumpySegmentation:
-    """Fuse ``(Ts, B, C, H, W)`` step means; ``final_probs`` ``(B, S, C, H, W)`` of the last step."""
+def summarise(step_means: np.ndarray, final_probs: np.ndarray, fusion: str, calls: int) -> SliceSegmentation:
+    """Fuse ``(Ts, B, C, H, W)`` step means; ``final_probs`` ``(B, S, C, H, W)`` of the last step: the
+    :class:`~spinesegdiff.pipelines.results.SliceSegmentation` of the ``B`` images (``calls`` network passes)."""
     steps, batch = step_means.shape[:2]
     fused = fuse_step_means(step_means, fusion)
     classes = class_probabilities(fused)
     step_classes = class_probabilities(step_means.reshape(steps * batch, *step_means.shape[2:]))
     step_entropy = rescaled_entropy(step_classes).reshape(steps, batch, *step_means.shape[-2:])
-    return NumpySegmentation(
+    return SliceSegmentation(
         probabilities=fused, class_probabilities=classes, labels=classes.argmax(axis=1).astype(np.uint8),
         uncertainty=step_entropy.max(axis=0), structure_uncertainty=structure_entropy(step_means).max(axis=0),
-        variance=final_probs.var(axis=1, dtype=np.float32), num_network_calls=calls)
+        variance=final_probs.var(axis=1, dtype=np.float32), network_calls=calls)
 
 
 def sample_segmentation(network: NetworkCall, *, alphas_cumprod: np.ndarray, batch: int, num_samples: int,
                         timesteps: Sequence[int], fuse_steps: int, noise: np.ndarray, prediction_type: str,
-                        fusion: str, start_mask: np.ndarray | None = None) -> NumpySegmentation:
+                        fusion: str, start_mask: np.ndarray | None = None) -> SliceSegmentation:
     """Walk ``timesteps`` once for ``batch * num_samples`` samples, one network call per step; fuse the last
     ``fuse_steps`` steps (:func:`~spinesegdiff.pipelines.sampling.sample_segmentation` with ``eta = 0``).
 
@@ -219,12 +207,14 @@ def sample_segmentation(network: NetworkCall, *, alphas_cumprod: np.ndarray, bat
     return summarise(np.stack(means), probs, fusion, len(timesteps))
 
 
-def presegmentation_summary(class_probs: np.ndarray) -> NumpySegmentation:
-    """A presegmenter's ``(N, 4, H, W)`` class probabilities taken as they are (``T_pre = 0``)."""
+def presegmentation_summary(class_probs: np.ndarray) -> SliceSegmentation:
+    """A presegmenter's ``(N, 4, H, W)`` class probabilities taken as they are (``T_pre = 0``), as a
+    :class:`~spinesegdiff.pipelines.results.SliceSegmentation`: the uncertainty is the normalised entropy of
+    the class probabilities (a single prediction, no fusion), the variance 0, no network calls."""
     probs = np.asarray(class_probs, dtype=np.float32)
     structures = probs[:, 1:]
-    return NumpySegmentation(
+    return SliceSegmentation(
         probabilities=structures.copy(), class_probabilities=probs.copy(),
         labels=probs.argmax(axis=1).astype(np.uint8), uncertainty=normalised_entropy(probs),
         structure_uncertainty=structure_entropy(structures), variance=np.zeros_like(structures),
-        num_network_calls=0)
+        network_calls=0)
