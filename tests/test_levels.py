@@ -54,6 +54,18 @@ def test_a_narrow_disc_has_a_low_height_and_index() -> None:
     assert _by_level(narrow.discs)["L4-L5"]["height_index"] < _by_level(report.discs)["L4-L5"]["height_index"]
 
 
+def test_the_report_carries_each_disc_s_depth_index_beside_its_height_index() -> None:
+    from spinesegdiff.anatomy.measures import level_factor
+
+    report = measure_levels(spine_slice(bodies=5, disc_h=9.0))
+    for disc in report.discs:
+        keys = list(disc)
+        assert keys[keys.index("height_index") + 1] == "depth_index"
+        # the same 9 mm discs: the index only moves with the level's normal height
+        assert disc["depth_index"] * level_factor(disc["rank"]) == pytest.approx(
+            report.discs[0]["depth_index"] * level_factor(report.discs[0]["rank"]), rel=0.03)
+
+
 def test_slip_is_the_anterior_offset_over_the_vertebra_below() -> None:
     report = measure_levels(spine_slice(slips={2: 6.0}, width=36.0))  # L3 moved 6 mm forward
     vertebrae = _by_level(report.vertebrae)
