@@ -13,7 +13,13 @@ from spinesegdiff.data.io import Geometry
 from spinesegdiff.data.labels import SPINAL_CANAL, VERTEBRA
 from spinesegdiff.data.preprocess import plan_grid
 from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.pipelines.midline import MIN_CANAL_MM2, candidate_slices, choose_slice, midline_score
+from spinesegdiff.pipelines.midline import (
+    MIN_CANAL_MM2,
+    canal_behind_vertebrae,
+    candidate_slices,
+    choose_slice,
+    midline_score,
+)
 
 
 def _grid(num_slices: int, slice_mm: float):
@@ -56,6 +62,25 @@ def test_the_widest_canal_with_processes_wins_and_ties_go_to_the_centre() -> Non
     assert choice.index == 5 and choice.chosen_by == "anatomy", "2 and 5 tie; 2 is one further from the centre"
     assert "+1 slices from the centre" in choice.reason
     assert choice.to_dict()["scores_mm2"]["5"] == pytest.approx(240 * 15 + 0.5 * 800)
+
+
+def _false_canal_in_front() -> np.ndarray:
+    """A lateral slice as a presegmenter can see it: a wide "canal" (a vessel) in front of the vertebrae, and
+    the vertebrae behind it, which the score would count as posterior elements."""
+    labels = np.zeros((320, 320), dtype=np.uint8)
+    labels[40:280, 60:90] = SPINAL_CANAL
+    labels[40:280, 90:200] = VERTEBRA
+    return labels
+
+
+def test_a_slice_whose_canal_lies_in_front_of_the_vertebrae_is_never_chosen() -> None:
+    lateral = _false_canal_in_front()
+    assert sum(midline_score(lateral)) > sum(midline_score(_slice(15, True)))  # it would win on its score
+    assert not canal_behind_vertebrae(lateral) and canal_behind_vertebrae(_slice(15, True))
+    choice = choose_slice([0, 4], np.stack([lateral, _slice(15, True)]), central=4)
+    assert choice.index == 4 and choice.chosen_by == "anatomy"
+    alone = choose_slice([0, 4], np.stack([lateral, _slice(1, True)]), central=4)
+    assert alone.index == 4 and alone.chosen_by == "centre" and "behind the vertebrae" in alone.reason
 
 
 def test_without_a_canal_the_centre_is_kept_and_the_report_says_why() -> None:

@@ -10,8 +10,13 @@ processes show, so:
    segmented by the presegmenter (the built-in U-Net: a few milliseconds a slice);
 2. each candidate scores its canal area plus half the area of the posterior elements behind the canal
    (:func:`midline_score`, mm^2 on the 1 mm model grid);
-3. the best candidate is taken, unless no candidate shows a canal of :data:`MIN_CANAL_MM2` (then the centre, and
-   the report says why). Ties go to the candidate nearest the centre.
+3. a candidate whose canal does not lie behind its vertebrae (the rule the result check applies,
+   :data:`~spinesegdiff.pipelines.checks.MAX_CANAL_BEHIND_MM`) is no mid-sagittal slice, whatever its score: on
+   slices through the psoas or the foramina a presegmenter can take vessels or fat in front of the spine for
+   canal, and the vertebra behind that false canal would count as spinous processes (an external scan's edge
+   slice scored twice its centre that way);
+4. the best remaining candidate is taken, unless none shows a canal of :data:`MIN_CANAL_MM2` (then the centre,
+   and the report says why). Ties go to the candidate nearest the centre.
 
 ``predict --slice N`` names the slice instead.
 """
@@ -25,6 +30,7 @@ import numpy as np
 
 from spinesegdiff.data.labels import SPINAL_CANAL, VERTEBRA
 from spinesegdiff.data.preprocess import MODEL_SPACING_MM, SagittalGrid
+from spinesegdiff.pipelines.checks import MAX_CANAL_BEHIND_MM
 
 SEARCH_HALF_WIDTH_MM = 30.0
 """Candidates lie within this distance of the central slice (the lumbar canal is 15-25 mm wide)."""
@@ -79,19 +85,30 @@ def midline_score(labels: np.ndarray) -> tuple[float, float]:
     return float(canal.sum()) * pixel, float(behind.sum()) * pixel
 
 
+def canal_behind_vertebrae(labels: np.ndarray) -> bool:
+    """Whether the canal's mean column lies 0 to :data:`MAX_CANAL_BEHIND_MM` behind the vertebrae's on one
+    ``(H, W)`` model-grid slice (columns anterior to posterior); ``False`` without canal or vertebra."""
+    canal, vertebra = labels == SPINAL_CANAL, labels == VERTEBRA
+    if not canal.any() or not vertebra.any():
+        return False
+    behind = (np.nonzero(canal)[1].mean() - np.nonzero(vertebra)[1].mean()) * MODEL_SPACING_MM
+    return 0.0 <= behind <= MAX_CANAL_BEHIND_MM
+
+
 def choose_slice(candidates: list[int], labels: np.ndarray, central: int) -> SliceChoice:
     """The mid-sagittal slice among ``candidates`` given their ``(N, H, W)`` presegmentation labels."""
     scores: dict[int, float] = {}
     canals: dict[int, float] = {}
     for index, slice_labels in zip(candidates, labels, strict=True):
         canal, posterior = midline_score(slice_labels)
-        canals[index] = canal
         scores[index] = canal + POSTERIOR_WEIGHT * posterior
+        if canal_behind_vertebrae(slice_labels):
+            canals[index] = canal
     if max(canals.values(), default=0.0) < MIN_CANAL_MM2:
         return SliceChoice(central, "centre", f"no candidate slice shows a spinal canal of {MIN_CANAL_MM2:g} mm^2 "
-                                              f"(the largest: {max(canals.values(), default=0.0):.0f} mm^2)",
-                           scores)
-    best = max(scores, key=lambda k: (scores[k], -abs(k - central)))
+                                              "behind the vertebrae (the largest: "
+                                              f"{max(canals.values(), default=0.0):.0f} mm^2)", scores)
+    best = max(canals, key=lambda k: (scores[k], -abs(k - central)))
     if best == central:
         reason = "the central slice shows the widest canal and the spinous processes"
     else:
