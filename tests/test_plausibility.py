@@ -115,3 +115,39 @@ def test_in_a_volume_a_slice_beside_the_spine_loses_what_lies_in_front_of_the_mi
     assert cleanup.removed_mm2["VB"] == float((psoas > 0).sum())
     alone, _ = plausible_labels(psoas)
     assert np.array_equal(alone, psoas), "one slice alone cannot tell"
+
+
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    probabilities = np.zeros((labels.shape[0], 4, *labels.shape[1:]), dtype=np.float32)
+    for value in range(4):
+        probabilities[:, value][labels == value] = 1.0
+    return probabilities
+
+
+def test_in_a_volume_what_joins_the_spine_from_far_in_front_loses_its_far_pixels_and_a_canal_in_front_goes() -> None:
+    midline = _spine()
+    lateral = np.zeros_like(midline)
+    lateral[40:200, 100:141] = VERTEBRA  # the bodies' side
+    lateral[60:200, 60:100] = VERTEBRA  # the psoas taken for vertebra, joined to them: its centre 20 mm in front
+    lateral[100:160, 92:100] = SPINAL_CANAL  # a vessel drawn as canal between the two, in front of the bodies
+    labels = np.stack([lateral, midline])
+    _, kept, cleanup = plausible_probabilities(_one_hot(labels), labels)
+    assert np.array_equal(kept[1], midline)
+    assert not (kept[0] == SPINAL_CANAL).any(), "a canal in front of the column's front"
+    columns = np.nonzero(kept[0])[1]
+    assert columns.min() == 100 - 15, "nothing more than 15 mm in front of the bodies' front (column 100)"
+    assert (kept[0][40:200, 100:141] == VERTEBRA).all(), "the bodies themselves are kept"
+    assert cleanup.removed_mm2["SC"] == 60 * 8
+
+
+def test_in_a_volume_the_reference_column_is_never_a_slice_whose_canal_lies_in_front() -> None:
+    midline = _spine()  # 15 x 304 pixels of canal behind the bodies, their front at column 100
+    edge = np.zeros_like(midline)
+    edge[40:280, 30:60] = VERTEBRA  # the psoas taken for vertebra, ...
+    edge[40:280, 60:80] = SPINAL_CANAL  # ... a vessel taken for canal (more canal than the midline's) ...
+    edge[40:280, 80:120] = VERTEBRA  # ... and the side of the bodies: one part, the "canal" with bone in front
+    assert plausible_labels(edge)[0][edge == SPINAL_CANAL].all(), "one slice alone cannot tell"
+    labels = np.stack([edge, midline])
+    _, kept, _ = plausible_probabilities(_one_hot(labels), labels)
+    assert np.array_equal(kept[1], midline)
+    assert not (kept[0] == SPINAL_CANAL).any(), "bounded by the midline's column, not by the edge slice's"

@@ -12,8 +12,11 @@ model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to po
    at least :data:`MIN_FRONT_SHARE` as much vertebra and disc lies in front of it as behind it (a vessel drawn
    as canal along the front of the bodies has the whole column behind it);
 3. parts under :data:`MIN_PART_MM2` are dropped (real results hold at most 0.5 % of their area in such parts);
-4. in a volume (``--volume``), parts centred more than :data:`MAX_IN_FRONT_MM` in front of the column of the
-   mid-sagittal slice are dropped on every slice (see :func:`plausible_probabilities`).
+4. in a volume (``--volume``), the anterior border of the mid-sagittal slice's column bounds every slice (see
+   :func:`plausible_probabilities`): parts centred more than :data:`MAX_IN_FRONT_MM` in front of it are dropped,
+   and so is every pixel that far in front (a psoas taken for vertebrae can join the spine on a lateral slice,
+   and its part's centre then lies close enough); a canal part centred in front of the border is dropped too
+   (the canal lies behind the bodies, never in front of their front).
 
 Removed pixels become background; their probability mass moves to the background class, so the label map
 restored on the scan's grid follows, while the uncertainty map is left as the sampler made it (it still shows
@@ -29,6 +32,7 @@ from scipy import ndimage
 
 from spinesegdiff.data.labels import DISC, SPINAL_CANAL, STRUCTURE_ABBREVIATIONS, VERTEBRA
 from spinesegdiff.data.preprocess import MODEL_SPACING_MM
+from spinesegdiff.pipelines.midline import canal_behind_vertebrae
 
 MAX_GAP_MM = 12.0
 """A part joins the spine within this distance of it (a lumbar disc is 8-12 mm high)."""
@@ -159,24 +163,39 @@ def plausible_labels(labels: np.ndarray) -> tuple[np.ndarray, Cleanup]:
     return np.where(keep, labels, 0).astype(labels.dtype), cleanup
 
 
-def _in_front_of(labels: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, int]:
-    """The parts of ``labels`` whose centre lies more than :data:`MAX_IN_FRONT_MM` in front of ``border`` (one
-    column per row), and how many there are."""
-    parts, count = ndimage.label(labels > 0, structure=_EIGHT)
+def _parts_in_front(mask: np.ndarray, border: np.ndarray, margin_mm: float) -> tuple[np.ndarray, int]:
+    """The parts of ``mask`` whose centre lies more than ``margin_mm`` in front of ``border`` (one column per
+    row), and how many there are."""
+    parts, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
-        return np.zeros(labels.shape, dtype=bool), 0
+        return np.zeros(mask.shape, dtype=bool), 0
     drop = np.zeros(count + 1, dtype=bool)
-    centres = ndimage.center_of_mass(labels > 0, parts, range(1, count + 1))
+    centres = ndimage.center_of_mass(mask, parts, range(1, count + 1))
     for k, (row, col) in enumerate(centres, start=1):
         limit = border[round(row)]  # NaN above and below the reference column: nothing is judged there
-        drop[k] = bool(col < limit - MAX_IN_FRONT_MM / MODEL_SPACING_MM)
+        drop[k] = bool(col < limit - margin_mm / MODEL_SPACING_MM)
     return drop[parts], int(drop.sum())
 
 
+def _in_front_of(labels: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, int]:
+    """What :func:`plausible_probabilities` removes from one slice of a volume given the mid-sagittal column's
+    anterior ``border`` (one column per row, NaN where there is none): parts centred more than
+    :data:`MAX_IN_FRONT_MM` in front of it, every pixel that far in front, and canal parts centred in front of
+    it; with the number of parts removed whole."""
+    parts, count = _parts_in_front(labels > 0, border, MAX_IN_FRONT_MM)
+    canal, canal_count = _parts_in_front(labels == SPINAL_CANAL, border, 0.0)
+    with np.errstate(invalid="ignore"):  # NaN rows compare False: nothing is judged there
+        far = np.arange(labels.shape[1])[None, :] < (border - MAX_IN_FRONT_MM / MODEL_SPACING_MM)[:, None]
+    return parts | canal | (far & (labels > 0)), count + canal_count
+
+
 def _volume_border(labels: np.ndarray) -> np.ndarray | None:
-    """The spinal column's anterior border on the slice that shows the most canal (the mid-sagittal one), per
-    row, NaN above and below the column; ``None`` when no slice has a column."""
-    reference = labels[int(np.argmax((labels == SPINAL_CANAL).sum(axis=(1, 2))))]
+    """The spinal column's anterior border on the slice that shows the most canal behind its vertebrae (the
+    mid-sagittal one; :func:`~spinesegdiff.pipelines.midline.canal_behind_vertebrae`, any slice when none
+    does), per row, NaN above and below the column; ``None`` when no slice has a column."""
+    canal = (labels == SPINAL_CANAL).sum(axis=(1, 2))
+    behind = np.array([canal_behind_vertebrae(slice_labels) for slice_labels in labels])
+    reference = labels[int(np.argmax(np.where(behind, canal, -1)))] if behind.any() else labels[int(np.argmax(canal))]
     spine = _grown_spine(reference > 0)
     if spine is None:
         return None
