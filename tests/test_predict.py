@@ -280,8 +280,8 @@ def test_shipped_models_on_the_sample_scan_look_like_a_lumbar_spine(demo_run) ->
     from scipy import ndimage
 
     labels = demo_run.result.model_grid.labels[0]
-    # shares of the 320 x 320 grid, recorded from the shipped models (0.8925, 0.0228, 0.0678, 0.0169), +- 15 %
-    for k, share in enumerate((0.8925, 0.0228, 0.0678, 0.0169)):
+    # shares of the 320 x 320 grid, recorded from the shipped models (0.8879, 0.0235, 0.0724, 0.0161), +- 15 %
+    for k, share in enumerate((0.8879, 0.0235, 0.0724, 0.0161)):
         assert abs(float((labels == k).mean()) - share) <= 0.15 * share, k
     columns = np.indices(labels.shape)[1]
     canal, discs = columns[labels == 1].mean(), columns[labels == 3].mean()

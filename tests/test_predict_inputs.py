@@ -386,3 +386,14 @@ def test_a_doubtful_result_is_written_with_one_warning_line(tiny_model: Path, tm
     assert "Warning" not in result.stderr.replace("spinesegdiff: warning", "")  # no Python warning text
     report = json.loads((tmp_path / "out" / "a.json").read_text(encoding="utf-8"))
     assert report["quality"] == doubtful
+
+
+def test_fewer_steps_than_the_fused_default_fuse_every_step_unless_asked_otherwise() -> None:
+    from spinesegdiff.cli import build_parser
+    from spinesegdiff.cli.options import sampler_settings
+
+    parser = build_parser()
+    for options, fused in ((["--steps", "1"], 1), (["--steps", "4"], 4), ([], 10), (["--steps", "20"], 10),
+                           (["--steps", "4", "--fuse-steps", "2"], 2)):
+        args = parser.parse_args(["predict", "-i", "x.mha", "-o", "out", *options])
+        assert sampler_settings(args).fuse_steps == fused, options

@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spinesegdiff.cli.options import PRESEG_MODEL_HELP, add_sampler_options, parse_folds, sampler_settings
+from spinesegdiff.cli.options import (
+    PRESEG_MODEL_HELP,
+    add_sampler_options,
+    fuse_steps,
+    parse_folds,
+    sampler_settings,
+)
 from spinesegdiff.devices import DEVICE_CHOICES
 
 ABLATION_PRESEGMENTERS = ("unet", "nnunet")
@@ -32,7 +38,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run_benchmark(args.model, data_dir=args.data, samples=args.samples, steps=args.steps,
-                         fuse_steps=args.fuse_steps, onnx=not args.no_onnx, precision=args.precision,
+                         fuse_steps=fuse_steps(args), onnx=not args.no_onnx, precision=args.precision,
                          backend=args.backend)
     print(benchmark_table(rows))
     return 0

@@ -51,8 +51,9 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=_SAMPLER.num_samples,
                         help="diffusion samples S (default %(default)s)")
     parser.add_argument("--steps", type=int, default=_SAMPLER.num_steps, help="DDIM steps K (default %(default)s)")
-    parser.add_argument("--fuse-steps", type=int, default=_SAMPLER.fuse_steps,
-                        help="last steps fused Ts (default %(default)s)")
+    parser.add_argument("--fuse-steps", type=int, default=None,
+                        help=f"last steps fused Ts (default {_SAMPLER.fuse_steps}, or every step when --steps is "
+                             "fewer)")
     parser.add_argument("--seed", type=int, default=_SAMPLER.seed)
     parser.add_argument("--precision", choices=PRECISIONS, default=_SAMPLER.precision,
                         help="network arithmetic (default auto: bfloat16 where the hardware runs it natively)")
@@ -122,13 +123,20 @@ SAMPLER_OPTIONS = {"num_samples": "--samples", "num_steps": "--steps", "fuse_ste
 """The option that sets each :class:`SamplerSettings` field (its errors name the option)."""
 
 
+def fuse_steps(args: argparse.Namespace) -> int:
+    """``--fuse-steps`` as given, else the default or, for fewer ``--steps``, every step."""
+    if args.fuse_steps is not None:
+        return args.fuse_steps
+    return min(_SAMPLER.fuse_steps, args.steps) if isinstance(args.steps, int) else _SAMPLER.fuse_steps
+
+
 def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
     """The sampler options as settings; a value out of range is one line naming the option (exit 2)."""
     from spinesegdiff.errors import SpineSegDiffError
     from spinesegdiff.pipelines.settings import InvalidSetting
 
     try:
-        return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
+        return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=fuse_steps(args),
                                seed=args.seed, precision=args.precision, backend=args.backend,
                                preseg_steps=getattr(args, "preseg_steps", None))
     except InvalidSetting as err:
