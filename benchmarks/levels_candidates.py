@@ -69,36 +69,45 @@ def _percentile(values: np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-def nucleus_mask(scan: SagittalSlice, disc: np.ndarray, frame: Frame) -> np.ndarray:
-    """The disc's nucleus: its inner pixels (one pixel in from its edge; all of them for a disc of fewer than 10
-    inner pixels) in the central ``measures.NUCLEUS_SHARE`` of its length along ``frame``."""
+def _inner_along(scan: SagittalSlice, disc: np.ndarray, frame: Frame
+                 ) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """The disc's inner pixels (one pixel in from its edge; all of them for a disc of fewer than 10 inner
+    pixels) as ``(rows, cols)``, their positions along ``frame`` (mm) and the 1st and 99th percentiles of those
+    positions; ``None`` for an empty disc."""
     inner = m.erode(disc)
     inner = inner if inner.sum() >= 10 else disc
-    out = np.zeros_like(disc, dtype=bool)
     if not inner.any():
-        return out
+        return None
     along, _ = frame.coordinates(scan.points_mm(inner))
     low, high = np.percentile(along, [1, 99])
-    rows, cols = np.nonzero(inner)
-    keep = np.abs(along - (low + high) / 2) <= m.NUCLEUS_SHARE / 2 * (high - low)
-    out[rows[keep], cols[keep]] = True
+    return np.argwhere(inner), along, float(low), float(high)
+
+
+def _pixels(disc: np.ndarray, where: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(disc, dtype=bool)
+    out[where[keep, 0], where[keep, 1]] = True
     return out
+
+
+def nucleus_mask(scan: SagittalSlice, disc: np.ndarray, frame: Frame) -> np.ndarray:
+    """The disc's nucleus: its inner pixels in the central ``measures.NUCLEUS_SHARE`` of its length along
+    ``frame``."""
+    found = _inner_along(scan, disc, frame)
+    if found is None:
+        return np.zeros_like(disc, dtype=bool)
+    where, along, low, high = found
+    return _pixels(disc, where, np.abs(along - (low + high) / 2) <= m.NUCLEUS_SHARE / 2 * (high - low))
 
 
 def annulus_mask(scan: SagittalSlice, disc: np.ndarray, frame: Frame) -> np.ndarray:
     """The disc's annulus as seen mid-sagittally: its inner pixels in the outer :data:`ANNULUS_SHARE` of its
     length at either end."""
-    inner = m.erode(disc)
-    inner = inner if inner.sum() >= 10 else disc
-    out = np.zeros_like(disc, dtype=bool)
-    if not inner.any():
-        return out
-    along, _ = frame.coordinates(scan.points_mm(inner))
-    low, high = np.percentile(along, [1, 99])
-    rows, cols = np.nonzero(inner)
-    keep = (along <= low + ANNULUS_SHARE * (high - low)) | (along >= high - ANNULUS_SHARE * (high - low))
-    out[rows[keep], cols[keep]] = True
-    return out
+    found = _inner_along(scan, disc, frame)
+    if found is None:
+        return np.zeros_like(disc, dtype=bool)
+    where, along, low, high = found
+    edge = ANNULUS_SHARE * (high - low)
+    return _pixels(disc, where, (along <= low + edge) | (along >= high - edge))
 
 
 def clean_csf(scan: SagittalSlice, margin_mm: float = CSF_MARGIN_MM) -> np.ndarray:
