@@ -203,3 +203,14 @@ def test_a_predict_run_imports_no_matplotlib(tiny_model: Path, tmp_path: Path) -
     assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout
     with Image.open(tmp_path / "out" / "scan_overlay.png") as picture:
         assert picture.size == CANVAS_SIZE
+
+
+def test_the_title_says_how_the_slice_shown_was_chosen() -> None:
+    from spinesegdiff.pipelines.overlay import how_chosen
+
+    assert how_chosen({"mode": "central slice", "slice": {"chosen_by": "anatomy"}}) == \
+        "mid-sagittal, chosen by anatomy"
+    assert how_chosen({"mode": "central slice", "slice": {"chosen_by": "user"}}) == "chosen with --slice"
+    assert how_chosen({"mode": "central slice", "slice": {"chosen_by": "centre"}}) == "the central slice"
+    assert how_chosen({"mode": "volume", "slice": None}) == "volume, middle slice shown"
+    assert how_chosen({"mode": "central slice"}) == "central slice"  # a result made before the choice existed

@@ -3,7 +3,7 @@
 Drawn with Pillow, without matplotlib (whose import and drawing were about 1.8 s of a one-scan call,
 docs/PERFORMANCE.md). A 1000 x 620 RGB picture, white around:
 
-- a title: ``<stem>: sagittal slice <index> (<mode>)``;
+- a title: ``<stem>: sagittal slice <index> (<how it was chosen>)`` (:func:`how_chosen`);
 - left, "segmentation": the (central) segmented slice in grey, each structure blended over it at 45 % in the
   colour of the shipped label table (``assets/labels.json``: canal ``#f6c445``, vertebra ``#4fa3e0``, disc
   ``#e8575a``), a legend with the structures' names in its lower-left corner, the level names beside the spine
@@ -196,7 +196,7 @@ def overlay_image(result: ScanSegmentation) -> Image.Image:
     canvas.paste(Image.fromarray(structures), layout.segmentation[:2])
     canvas.paste(Image.fromarray(uncertainty), layout.uncertainty[:2])
     draw = ImageDraw.Draw(canvas, "RGBA")
-    draw_text(draw, (CANVAS_SIZE[0] / 2, 8), f"{result.stem}: sagittal slice {index} ({result.settings['mode']})",
+    draw_text(draw, (CANVAS_SIZE[0] / 2, 8), f"{result.stem}: sagittal slice {index} ({how_chosen(result.settings)})",
               size=15, fill=BLACK, anchor="mt")
     for name, title in (("segmentation", "segmentation"), ("uncertainty", "uncertainty (normalised entropy)")):
         box = getattr(layout, name)
@@ -209,6 +209,20 @@ def overlay_image(result: ScanSegmentation) -> Image.Image:
                          to_canvas=layout.to_canvas,
                          corner=(left + 0.02 * (right - left), top + 0.02 * (bottom - top)))
     return canvas
+
+
+CHOSEN_BY = {"anatomy": "mid-sagittal, chosen by anatomy", "user": "chosen with --slice",
+             "centre": "the central slice"}
+"""The title's words for the report's ``slice.chosen_by``."""
+
+
+def how_chosen(settings: dict) -> str:
+    """The title's note on the slice shown: how a single slice was chosen, or that the whole volume was
+    segmented (then the middle segmented slice is shown)."""
+    if settings.get("mode") == "volume":
+        return "volume, middle slice shown"
+    chosen_by = (settings.get("slice") or {}).get("chosen_by")
+    return CHOSEN_BY.get(chosen_by, str(settings.get("mode", "one slice")))
 
 
 def render_overlay(result: ScanSegmentation, path: Path) -> None:
