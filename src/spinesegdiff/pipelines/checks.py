@@ -87,6 +87,15 @@ def _components(mask: np.ndarray, min_pixels: int) -> list[tuple[float, float, i
     return [(float(r), float(c), int(sizes[k - 1])) for (r, c), k in zip(centres, keep, strict=True)]
 
 
+def canal_behind_bodies_mm(labels: np.ndarray) -> float | None:
+    """How far (mm) the canal's mean column lies behind the vertebrae's on one model-grid slice (columns anterior
+    to posterior; negative: in front); ``None`` without canal or vertebra."""
+    canal, vertebra = labels == SPINAL_CANAL, labels == VERTEBRA
+    if not canal.any() or not vertebra.any():
+        return None
+    return float((np.nonzero(canal)[1].mean() - np.nonzero(vertebra)[1].mean()) * MODEL_SPACING_MM)
+
+
 def spine_measures(labels: np.ndarray) -> dict[str, Any]:
     """Measure one segmented sagittal slice on the model grid (rows superior to inferior, columns anterior to
     posterior, :data:`~spinesegdiff.data.preprocess.MODEL_SPACING_MM` pixels)."""
@@ -101,14 +110,10 @@ def spine_measures(labels: np.ndarray) -> dict[str, Any]:
     discs = _components(labels == DISC, int(40 / pixel))
     sequence = [kind for _, kind in sorted([(r, "VB") for r, _, _ in bodies] + [(r, "IVD") for r, _, _ in discs])]
     alternations = sum(a != b for a, b in itertools.pairwise(sequence))
-    canal = labels == SPINAL_CANAL
-    vertebra = labels == VERTEBRA
-    behind = None
-    if canal.any() and vertebra.any():
-        behind = float((np.nonzero(canal)[1].mean() - np.nonzero(vertebra)[1].mean()) * MODEL_SPACING_MM)
+    behind = canal_behind_bodies_mm(labels)
     return {
-        "SC_mm2": round(float(canal.sum()) * pixel, 1),
-        "VB_mm2": round(float(vertebra.sum()) * pixel, 1),
+        "SC_mm2": round(float((labels == SPINAL_CANAL).sum()) * pixel, 1),
+        "VB_mm2": round(float((labels == VERTEBRA).sum()) * pixel, 1),
         "IVD_mm2": round(float((labels == DISC).sum()) * pixel, 1),
         "vertebrae": len(bodies),
         "discs": len(discs),

@@ -30,7 +30,7 @@ import numpy as np
 
 from spinesegdiff.data.labels import SPINAL_CANAL, VERTEBRA
 from spinesegdiff.data.preprocess import MODEL_SPACING_MM, SagittalGrid
-from spinesegdiff.pipelines.checks import MAX_CANAL_BEHIND_MM
+from spinesegdiff.pipelines.checks import MAX_CANAL_BEHIND_MM, canal_behind_bodies_mm
 
 SEARCH_HALF_WIDTH_MM = 30.0
 """Candidates lie within this distance of the central slice (the lumbar canal is 15-25 mm wide)."""
@@ -87,12 +87,10 @@ def midline_score(labels: np.ndarray) -> tuple[float, float]:
 
 def canal_behind_vertebrae(labels: np.ndarray) -> bool:
     """Whether the canal's mean column lies 0 to :data:`MAX_CANAL_BEHIND_MM` behind the vertebrae's on one
-    ``(H, W)`` model-grid slice (columns anterior to posterior); ``False`` without canal or vertebra."""
-    canal, vertebra = labels == SPINAL_CANAL, labels == VERTEBRA
-    if not canal.any() or not vertebra.any():
-        return False
-    behind = (np.nonzero(canal)[1].mean() - np.nonzero(vertebra)[1].mean()) * MODEL_SPACING_MM
-    return 0.0 <= behind <= MAX_CANAL_BEHIND_MM
+    ``(H, W)`` model-grid slice (columns anterior to posterior; the measure of the result check,
+    :func:`~spinesegdiff.pipelines.checks.canal_behind_bodies_mm`); ``False`` without canal or vertebra."""
+    behind = canal_behind_bodies_mm(labels)
+    return behind is not None and 0.0 <= behind <= MAX_CANAL_BEHIND_MM
 
 
 def choose_slice(candidates: list[int], labels: np.ndarray, central: int) -> SliceChoice:
