@@ -78,9 +78,11 @@ def test_level_adjusted_index_uses_the_other_patients_only() -> None:
     assert adjusted == pytest.approx([0.2 / 0.5, 0.4 / 0.4, 0.6 / 0.3])
 
 
-def _report(ranks: list[int], slips: dict[int, float]) -> LevelReport:
+def _report(ranks: list[int], slips: dict[int, float], depths: dict[int, float] | None = None) -> LevelReport:
     discs = [{"level": f"D{r}", "rank": r, "height_mm": 5.0 + r, "height_index": 0.1 * r, "signal_ratio": 0.2,
               "canal_ap_mm": 12.0} for r in ranks]
+    for disc in discs if depths is not None else []:
+        disc["depth_index"] = depths.get(disc["rank"])
     vertebrae = [{"level": f"V{r}", "rank": r, "slip_mm": slips.get(r), "slip_percent": None} for r in ranks]
     return LevelReport(levels=None, discs=discs, vertebrae=vertebrae, note={"doubtful": False, "reason": None})
 
@@ -99,9 +101,9 @@ def test_discs_are_matched_to_the_gradings_by_level() -> None:
     lumbar = [{**g, "label": g["label"] + 1} for g in graded]  # labels 1 (L5-S1) and 2 (L4-L5)
     missed = compare_patient("41", _report([2, 3], {}), lumbar)  # no L5-S1 disc found: no shift of the rest
     assert [r["level"] for r in missed.discs] == [None, "D2"]
-    assert [r["depth_index"] for r in missed.discs] == [None, None]  # no extra measures given
-    extra = {1: {"depth_index": 0.11}, 2: {"depth_index": 0.22}, 3: {"depth_index": 0.33}}
-    matched = compare_patient("41", _report([2, 3], {}), lumbar, extra=extra)
+    assert [r["depth_index"] for r in missed.discs] == [None, None]  # a report without depth indices
+    depths = {1: 0.11, 2: 0.22, 3: 0.33}
+    matched = compare_patient("41", _report([2, 3], {}, depths), lumbar)
     assert [r["depth_index"] for r in matched.discs] == [None, 0.22]  # by rank: L4-L5's, none for the missed one
 
 

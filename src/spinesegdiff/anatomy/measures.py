@@ -11,7 +11,7 @@ reads true:
 * **vertebral body height**: the same on the body (the vertebra in front of the canal), in the frame of the
   adjacent discs (their mean short axis), or the body's own principal axis nearest the image's vertical;
 * **disc height index**: disc height over the mean height of the adjacent whole bodies;
-* **depth index** (:func:`depth_indices`; validated beside the height index, not yet in the report): disc
+* **depth index** (:func:`depth_indices`; in the report beside the height index): disc
   height over the mean AP depth of the adjacent whole bodies (:func:`body_depth_mm`), over its level's normal
   height in the literature relative to the mean lumbar disc (:func:`level_factor`);
 * **canal AP diameter** at a disc: the canal's extent in a strip through the disc's centre along its long

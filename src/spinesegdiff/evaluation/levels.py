@@ -9,7 +9,7 @@ cross-validation), and compared with ``radiological_gradings.csv`` (one row per 
   whether every graded level carries a named disc);
 * per disc, matched by level (:func:`compare_patient`: ``IVD label`` k with the disc named at rank k):
   AUROC of the *lower* disc height index for ``Disc narrowing`` (and of the depth index,
-  :func:`spinesegdiff.anatomy.measures.depth_index`, proposed for the report), Spearman's rho of the disc
+  :func:`spinesegdiff.anatomy.measures.depth_index`, the report's ``depth_index``), Spearman's rho of the disc
   signal ratio with the ``Pfirrman grade``, AUROC of the slip of the vertebra above the disc for
   ``Spondylolisthesis``;
 * each with a 95 % percentile bootstrap interval, resampling patients (all discs of a drawn patient together).
@@ -75,14 +75,12 @@ class PatientLevels:
     discs: list[dict[str, Any]]
 
 
-def compare_patient(patient: str, report: LevelReport, graded: Sequence[Mapping[str, int]], *,
-                    extra: Mapping[int, Mapping[str, Any]] | None = None) -> PatientLevels:
+def compare_patient(patient: str, report: LevelReport, graded: Sequence[Mapping[str, int]]) -> PatientLevels:
     """Match the report's named discs to the graded ones by level and gather the measures beside the grades.
 
     Graded ``IVD label`` ``k`` is the disc of rank ``k`` (L5-S1 = 1); a patient whose labels start at 0 (a disc
     graded below its L5-S1 label: transitional anatomy) has them matched from its lowest label up, so the
     lowest graded disc meets the disc named L5-S1. A graded level with no named disc gets empty measures.
-    ``extra``: further measures per disc rank (as :data:`EXTRA_MEASURES`), added to the rows.
     """
     named = sorted((d for d in report.discs if d["rank"] is not None), key=lambda d: d["rank"])
     vertebra_of = {v["rank"]: v for v in report.vertebrae if v["rank"] is not None}
@@ -105,25 +103,9 @@ def compare_patient(patient: str, report: LevelReport, graded: Sequence[Mapping[
             "slip_percent": above["slip_percent"] if above else None,
             "narrowing": grade["narrowing"], "pfirrmann": grade["pfirrmann"],
             "spondylolisthesis": grade["spondylolisthesis"],
+            "depth_index": disc.get("depth_index") if disc else None,
         })
-        for key in EXTRA_MEASURES:
-            rows[-1][key] = (extra or {}).get(disc["rank"], {}).get(key) if disc else None
     return PatientLevels(naming=naming, discs=rows)
-
-
-EXTRA_MEASURES = ("depth_index",)
-"""Measures the validation takes beside the report's fields (:func:`extra_measures`)."""
-
-
-def extra_measures(scan: Any, report: LevelReport) -> dict[int, dict[str, float | None]]:
-    """Per disc rank, the measures of :data:`EXTRA_MEASURES` on the slice the report was made from: the depth
-    index (:func:`spinesegdiff.anatomy.measures.depth_indices`, of the reported heights; undefined for a
-    partial disc, as the height index)."""
-    from spinesegdiff.anatomy import measures
-
-    heights = {d["rank"]: d["height_mm"] for d in report.discs if d["rank"] is not None}
-    return {rank: {"depth_index": value}
-            for rank, value in measures.depth_indices(scan, report.levels, heights).items()}
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -185,7 +167,7 @@ MEASURES: dict[str, tuple[str, str, str, Statistic]] = {
     "height_index_auroc": ("AUROC", "lower disc height index for disc narrowing", "height_index",
                            _auroc_of("height_index", "narrowing", -1.0)),
     "depth_index_auroc": ("AUROC", "lower depth index (disc height over the adjacent bodies' AP depth, over its "
-                          "level's normal in the literature) for disc narrowing (proposed for the report)",
+                          "level's normal in the literature) for disc narrowing",
                           "depth_index", _auroc_of("depth_index", "narrowing", -1.0)),
     "height_mm_auroc": ("AUROC", "lower disc height (mm) for disc narrowing (secondary)", "height_mm",
                         _auroc_of("height_mm", "narrowing", -1.0)),
@@ -353,7 +335,7 @@ def evaluate_source(source: str, slices: Iterable[tuple[str, Any]], gradings: Ma
             continue
         report = measure_levels(scan)
         places[patient] = disc_places(report)
-        compared = compare_patient(patient, report, gradings[patient], extra=extra_measures(scan, report))
+        compared = compare_patient(patient, report, gradings[patient])
         row = {"source": source, **compared.naming}
         if reference is not None:
             row["names_as_reference"] = names_agree(places[patient], reference.get(patient, []))
