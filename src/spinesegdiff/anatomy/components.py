@@ -52,19 +52,21 @@ def components(mask: np.ndarray, scan: SagittalSlice) -> list[Component]:
     return sorted(found, key=lambda c: -c.area_mm2)
 
 
-def anterior_of_canal(canal: np.ndarray) -> np.ndarray | None:
+def anterior_of_canal(canal: np.ndarray, min_piece_pixels: float | None = None) -> np.ndarray | None:
     """Pixels in front of the spinal canal (boolean, same shape); ``None`` when there is no canal.
 
-    A pixel is in front when the canal pixel nearest to it (of the canal's largest component) lies behind it,
-    further posterior: for a pixel beside a tilted or lordotic canal the nearest canal pixel lies along the
-    canal's local normal, so the test follows the canal's own direction, not the image rows.
+    A pixel is in front when the canal pixel nearest to it lies behind it, further posterior: for a pixel beside
+    a tilted or lordotic canal the nearest canal pixel lies along the canal's local normal, so the test follows
+    the canal's own direction, not the image rows. The canal is its largest component, and with
+    ``min_piece_pixels`` also every component of at least that many pixels (a canal interrupted at a stenosis).
     """
     labelled, count = ndimage.label(canal)
     if count == 0:
         return None
     sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, count + 1))
-    largest = labelled == int(np.argmax(sizes)) + 1
-    _, (_, nearest_cols) = ndimage.distance_transform_edt(~largest, return_indices=True)
+    kept = sizes == sizes.max() if min_piece_pixels is None else (sizes >= min_piece_pixels) | (sizes == sizes.max())
+    pieces = np.isin(labelled, 1 + np.flatnonzero(kept))
+    _, (_, nearest_cols) = ndimage.distance_transform_edt(~pieces, return_indices=True)
     return np.arange(canal.shape[1])[None, :] < nearest_cols
 
 

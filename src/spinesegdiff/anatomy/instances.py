@@ -290,17 +290,10 @@ def _spine_axis(scan: SagittalSlice, bodies: list[_Element]) -> SpineAxis:
 
 def anterior_of_canal_pieces(scan: SagittalSlice, min_piece_mm2: float | None = CANAL_PIECE_MM2) -> np.ndarray | None:
     """Pixels in front of the spinal canal: the nearest pixel of the canal's pieces of at least
-    ``min_piece_mm2`` (and of its largest piece) lies behind them (``None``: the largest piece only, as
-    :func:`~spinesegdiff.anatomy.components.anterior_of_canal`); ``None`` when there is no canal."""
-    labelled, count = ndimage.label(scan.canal)
-    if count == 0:
-        return None
-    if min_piece_mm2 is None:
-        return anterior_of_canal(scan.canal)
-    areas = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, count + 1)) * scan.pixel_area_mm2
-    kept = np.isin(labelled, 1 + np.flatnonzero((areas >= min_piece_mm2) | (areas == areas.max())))
-    _, (_, nearest_cols) = ndimage.distance_transform_edt(~kept, return_indices=True)
-    return np.arange(scan.canal.shape[1])[None, :] < nearest_cols
+    ``min_piece_mm2`` (and of its largest piece) lies behind them (``None``: the largest piece only);
+    ``None`` when there is no canal (:func:`~spinesegdiff.anatomy.components.anterior_of_canal`)."""
+    pixels = None if min_piece_mm2 is None else min_piece_mm2 / scan.pixel_area_mm2
+    return anterior_of_canal(scan.canal, pixels)
 
 
 def identify_levels(scan: SagittalSlice) -> SpineLevels:
