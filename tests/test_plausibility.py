@@ -151,3 +151,16 @@ def test_in_a_volume_the_reference_column_is_never_a_slice_whose_canal_lies_in_f
     _, kept, _ = plausible_probabilities(_one_hot(labels), labels)
     assert np.array_equal(kept[1], midline)
     assert not (kept[0] == SPINAL_CANAL).any(), "bounded by the midline's column, not by the edge slice's"
+
+
+def test_in_a_volume_a_canal_part_removed_whole_is_counted_once() -> None:
+    midline = _spine()
+    lateral = np.zeros_like(midline)
+    lateral[40:200, 100:141] = VERTEBRA  # the bodies' side, their front at column 100
+    lateral[100:160, 55:79] = VERTEBRA  # the psoas taken for vertebra, joined to ...
+    lateral[100:160, 79:91] = SPINAL_CANAL  # ... a vessel taken for canal, 9 mm from the bodies: one part
+    assert (plausible_labels(lateral)[0] == SPINAL_CANAL).any(), "one slice alone keeps it"
+    labels = np.stack([lateral, midline])
+    _, kept, cleanup = plausible_probabilities(_one_hot(labels), labels)
+    assert not (kept[0] == SPINAL_CANAL).any() and not kept[0][:, :100].any()
+    assert cleanup.parts_removed == 1, "the part, not the part and its canal"

@@ -183,7 +183,7 @@ def _in_front_of(labels: np.ndarray, border: np.ndarray) -> tuple[np.ndarray, in
     :data:`MAX_IN_FRONT_MM` in front of it, every pixel that far in front, and canal parts centred in front of
     it; with the number of parts removed whole."""
     parts, count = _parts_in_front(labels > 0, border, MAX_IN_FRONT_MM)
-    canal, canal_count = _parts_in_front(labels == SPINAL_CANAL, border, 0.0)
+    canal, canal_count = _parts_in_front((labels == SPINAL_CANAL) & ~parts, border, 0.0)  # not counted twice
     with np.errstate(invalid="ignore"):  # NaN rows compare False: nothing is judged there
         far = np.arange(labels.shape[1])[None, :] < (border - MAX_IN_FRONT_MM / MODEL_SPACING_MM)[:, None]
     return parts | canal | (far & (labels > 0)), count + canal_count
