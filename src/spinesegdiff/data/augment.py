@@ -1,5 +1,8 @@
 """Batch augmentation for sagittal MRI slices, on tensors (CPU or GPU), driven by a ``torch.Generator``.
 
+Thick slice (first, off unless ``p_thick_slice`` is set): a thin slice is averaged with its neighbours in the
+same scan into a slice ``thick_slice_mm`` thick, like the 3-4 mm slices of 2D turbo spin-echo scans
+(:func:`thick_slice`; the neighbours come from the slice cache, see :mod:`spinesegdiff.training.batches`).
 Spatial: small rotation, scaling and translation, applied to image (bilinear) and labels (nearest) alike; no
 flips (the model grid has a fixed anatomical orientation). Intensity: random gamma, random intensity remapping
 (a random piecewise-linear curve that keeps air dark, sometimes non-monotone, which turns T2-like contrast into
@@ -19,7 +22,13 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True, kw_only=True)
 class AugmentConfig:
-    """Probabilities and ranges of each augmentation (``enabled=False`` turns all off)."""
+    """Probabilities and ranges of each augmentation (``enabled=False`` turns all off).
+
+    ``p_thick_slice`` is the chance that a slice is replaced by a simulated thick slice: the average of the
+    slices of its scan within a slab of thickness ``thick_slice_mm`` (mm, drawn uniformly from that
+    ``(low, high)`` range, ``0 < low <= high``) centred on it, each weighted by its overlap with the slab
+    (:func:`thick_slice_weights`). Its labels stay those of the centre slice. Off (0) by default.
+    """
 
     enabled: bool = True
     rotation_deg: float = 10.0
@@ -38,13 +47,20 @@ class AugmentConfig:
     p_label_contrast: float = 0.0
     contrast_clusters: int = 4
     contrast_blur_px: float = 1.5
+    p_thick_slice: float = 0.0
+    thick_slice_mm: tuple[float, float] = (2.0, 4.0)
 
     def __post_init__(self) -> None:
-        for name in ("p_spatial", "p_gamma", "p_remap", "p_inversion", "p_bias", "p_noise", "p_label_contrast"):
+        for name in ("p_spatial", "p_gamma", "p_remap", "p_inversion", "p_bias", "p_noise", "p_label_contrast",
+                     "p_thick_slice"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "scale_range", tuple(self.scale_range))
         object.__setattr__(self, "gamma_range", tuple(self.gamma_range))
+        object.__setattr__(self, "thick_slice_mm", tuple(self.thick_slice_mm))
+        if len(self.thick_slice_mm) != 2 or not all(math.isfinite(t) for t in self.thick_slice_mm) or not (
+                0.0 < self.thick_slice_mm[0] <= self.thick_slice_mm[1]):
+            raise ValueError(f"thick_slice_mm must be (low, high) mm with 0 < low <= high, got {self.thick_slice_mm}")
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator,
@@ -54,6 +70,61 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.G
 
 def _chance(batch: int, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(batch, generator=generator, device=device) < p
+
+
+def thick_slice_weights(thickness_mm: torch.Tensor, spacing_mm: torch.Tensor, reach: torch.Tensor,
+                        radius: int) -> torch.Tensor:
+    """Weights of the slices at offsets ``-radius..radius`` in a slab ``thickness_mm`` thick centred on slice 0.
+
+    Slice ``k`` covers ``[(k - 1/2) s, (k + 1/2) s]`` (``s = spacing_mm``); its weight is its overlap with the
+    slab ``[-h, h]``, normalised to sum 1. The half-thickness ``h = min(thickness / 2, (reach + 1/2) s)`` is
+    narrowed symmetrically to the ``reach`` slices there are on both sides, so the slab stays centred on the
+    labelled slice; with ``reach`` 0, or a slab thinner than ``s``, slice 0 weighs 1 and every other 0.
+
+    Args:
+        thickness_mm: ``(B,)`` positive slab thicknesses.
+        spacing_mm: ``(B,)`` positive distances between adjacent slices.
+        reach: ``(B,)`` integers in ``0..radius``: how many neighbours there are on both sides.
+        radius: the neighbours on each side that the weights are for.
+
+    Returns:
+        ``(B, 2 * radius + 1)`` float in [0, 1], rows summing to 1; column ``radius + k`` weighs offset ``k``.
+    """
+    spacing = spacing_mm.to(torch.float32)[:, None]
+    offsets = torch.arange(-radius, radius + 1, device=spacing.device, dtype=torch.float32)[None, :]
+    half = torch.minimum(thickness_mm.to(torch.float32) / 2, (reach.to(torch.float32) + 0.5) * spacing[:, 0])
+    low, high = (offsets - 0.5) * spacing, (offsets + 0.5) * spacing
+    overlap = (torch.minimum(high, half[:, None]) - torch.maximum(low, -half[:, None])).clamp(min=0)
+    return overlap / overlap.sum(dim=1, keepdim=True)
+
+
+def thick_slice(stack: torch.Tensor, spacing_mm: torch.Tensor, reach: torch.Tensor, config: AugmentConfig,
+                generator: torch.Generator) -> torch.Tensor:
+    """Simulate thick slices: with chance ``p_thick_slice`` each centre slice becomes the weighted average of its
+    neighbours within a slab of a random thickness in ``thick_slice_mm`` (:func:`thick_slice_weights`).
+
+    Slices without neighbours on both sides (``reach`` 0) stay as they are; draws two numbers per slice from
+    ``generator`` whatever ``reach`` says.
+
+    Args:
+        stack: ``(B, 2 R + 1, H, W)`` in [0, 1]: each slice's neighbours at offsets ``-R..R``, itself at ``R``
+            (offsets beyond ``reach`` weigh 0: they may hold any finite value, and any value at all where
+            ``reach`` is 0, as such a slice is returned exactly as it is).
+        spacing_mm: ``(B,)`` distances between adjacent slices of each slice's scan.
+        reach: ``(B,)`` integers in ``0..R``: the neighbours ``stack`` holds on both sides.
+        config: ``p_thick_slice`` and ``thick_slice_mm``.
+        generator: a generator on the tensors' device.
+
+    Returns:
+        ``(B, 1, H, W)`` in [0, 1].
+    """
+    batch, device = stack.shape[0], stack.device
+    radius = stack.shape[1] // 2
+    thickness = _uniform((batch,), *config.thick_slice_mm, generator, device)
+    chosen = _chance(batch, config.p_thick_slice, generator, device) & (reach.to(device) > 0)
+    weights = thick_slice_weights(thickness, spacing_mm.to(device), reach.to(device), radius).to(stack.dtype)
+    averaged = torch.einsum("bk,bkhw->bhw", weights, stack)[:, None].clamp(0, 1)
+    return torch.where(chosen[:, None, None, None], averaged, stack[:, radius:radius + 1])
 
 
 def spatial_transform(image: torch.Tensor, labels: torch.Tensor, config: AugmentConfig,

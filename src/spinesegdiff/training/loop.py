@@ -1,10 +1,11 @@
 """Training: one loop for every variant, with EMA, validation Dice, checkpoints, resume and DDP.
 
-The loop draws a batch of cached 320 x 320 slices, augments it, noises the one-hot mask
-``x0 = 2 * onehot - 1`` to a random step ``t``, and trains the network to return ``x0`` (logits; loss
-MSE + Dice + BCE on ``sigmoid(logits)``) or, for IISDM, the noise (MSE). Every ``val_every`` epochs the EMA
-network segments the validation patients' central slices with the multi-sample DDIM sampler; the best
-validation mean Dice is kept in ``best.pt``, the latest state in ``last.pt`` (both resumable).
+The loop draws a batch of cached 320 x 320 slices, augments it (simulated thick slices first, when asked
+for), noises the one-hot mask ``x0 = 2 * onehot - 1`` to a random step ``t``, and trains the network to return
+``x0`` (logits; loss MSE + Dice + BCE on ``sigmoid(logits)``) or, for IISDM, the noise (MSE). Every
+``val_every`` epochs the EMA network segments the validation patients' central slices with the multi-sample
+DDIM sampler; the best validation mean Dice is kept in ``best.pt``, the latest state in ``last.pt`` (both
+resumable).
 
 A run stopped early (``max_minutes``, ``stop_after_steps``) saves its place within the epoch and its random
 states, so a resumed run continues exactly where it stopped: it ends with the weights of an uninterrupted run.
@@ -30,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from spinesegdiff.data.augment import augment_batch
 from spinesegdiff.diffusion import add_noise
 from spinesegdiff.models.checkpoint import load_checkpoint, save_checkpoint
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
+from spinesegdiff.training.batches import training_batch
 from spinesegdiff.training.config import TrainConfig, make_train_config
 from spinesegdiff.training.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
 from spinesegdiff.training.lr_schedule import learning_rate
@@ -189,8 +190,7 @@ def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfi
         group["lr"] = lr
     chosen = np.sort(state.sampler_rng.choice(train_slices, size=settings.batch_size,
                                               replace=len(train_slices) < settings.batch_size))
-    image, labels = batch_tensors(run.cache, chosen, device)
-    image, labels = augment_batch(image, labels, config.augment, state.generator)
+    image, labels = training_batch(run.cache, chosen, device, config.augment, state.generator, run.neighbours)
     refine: dict[str, torch.Tensor] = {}
     if presegmenter is not None:
         patients = [run.cache.entries[i].patient for i in chosen]

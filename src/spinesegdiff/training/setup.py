@@ -23,13 +23,14 @@ from spinesegdiff.files import atomic_write_text
 from spinesegdiff.models import ModelConfig, build_model, is_diffusion_model, model_prediction_type
 from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
+from spinesegdiff.training.batches import SliceNeighbours, run_neighbours
 from spinesegdiff.training.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class Run:
-    """What a training process works with: where it runs, what it writes, the data, the network's
-    configuration and the noise scheduler."""
+    """What a training process works with: where it runs, what it writes, the data (and, for thick-slice
+    augmentation, each cached slice's neighbours), the network's configuration and the noise scheduler."""
 
     device: torch.device
     rank: int
@@ -39,6 +40,7 @@ class Run:
     data: FoldData
     model_config: ModelConfig
     scheduler: DDIMScheduler
+    neighbours: SliceNeighbours | None = None
 
     @property
     def is_main(self) -> bool:
@@ -121,7 +123,7 @@ def set_up_run(config: TrainConfig, *, resume: bool, progress: bool) -> Run:
             indent=2, default=str))
         save_split(data.split, out / "splits_final.json")
     return Run(device=device, rank=rank, world=world, out=out, cache=cache, data=data, model_config=model_config,
-               scheduler=make_scheduler(config, model_config))
+               scheduler=make_scheduler(config, model_config), neighbours=run_neighbours(cache, config.augment))
 
 
 def build_network(config: TrainConfig, run: Run, *, resume: bool) -> torch.nn.Module:
