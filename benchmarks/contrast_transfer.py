@@ -24,8 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--cases", type=int, default=12)
-    parser.add_argument("--samples", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--samples", type=int, help="S (default: the pipeline's, 4 refining, 15 from noise)")
+    parser.add_argument("--steps", type=int, help="DDIM steps K (default: the pipeline's)")
     parser.add_argument("--preseg-model", help="a U-Net run or checkpoint: refine its mask from T_pre = 30")
     args = parser.parse_args()
     presegmenter = None
@@ -34,8 +34,7 @@ def main() -> None:
 
         presegmenter = resolve_presegmenter("unet", args.preseg_model, user_model=True, device="cpu")
     segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
-                                          settings=SamplerSettings(num_samples=args.samples, num_steps=args.steps,
-                                                                   fuse_steps=min(10, args.steps)))
+                                          settings=SamplerSettings(num_samples=args.samples, num_steps=args.steps))
     print(f"model {args.model}; presegmenter {args.preseg_model}")
     print(f"{args.cases} phantom central slices per contrast (0.47 x 0.47 mm, 9 slices)")
     print("| contrast | SC | VB | IVD | mDice |")

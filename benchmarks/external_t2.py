@@ -59,14 +59,15 @@ def main() -> None:
     parser.add_argument("--model", help="a diffusion model (default: the shipped refiner with the shipped U-Net)")
     parser.add_argument("--preseg", default=None, help="none, unet or nnunet (as predict's --preseg)")
     parser.add_argument("--preseg-model", help="the presegmenter's model (a U-Net run or checkpoint)")
-    parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument("--samples", type=int, help="S (default: the pipeline's, 4 refining, 15 from noise)")
+    parser.add_argument("--steps", type=int, help="DDIM steps K (default: the pipeline's, 1 from T_pre = 30)")
     parser.add_argument("--keep-all-parts", action="store_true", help="without the plausibility clean-up")
     args = parser.parse_args()
     from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 
     presegmenter = resolve_presegmenter(args.preseg, args.preseg_model, user_model=args.model is not None, device="cpu")
     segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
-                                          settings=SamplerSettings(num_samples=args.samples))
+                                          settings=SamplerSettings(num_samples=args.samples, num_steps=args.steps))
     print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; "
           f"{'all slices' if args.volume else 'central slice'}; "
           f"{'no clean-up' if args.keep_all_parts else 'plausibility clean-up'}")

@@ -56,15 +56,21 @@ def _sample_per_slice(output: Path) -> float | None:
     return timings["sample_s"] / max(1, len(report.get("sagittal_slices", [1])))
 
 
-def measure(trees: dict[str, Path], scans: list[Path], volume_scan: Path, repeats: int, scratch: Path,
-            extra: list[str]) -> dict[str, dict[str, list[float]]]:
-    """Every tree's figures, the trees alternating within each repeat (same machine, same minute)."""
+def measure(trees: dict[str, Path], scans: list[Path], volume_scans: list[Path], repeats: int, scratch: Path,
+            extra: list[str], *, bytecode: bool = True) -> dict[str, dict[str, list[float]]]:
+    """Every tree's figures, the trees alternating within each repeat (same machine, same minute).
+
+    ``bytecode``: Python writes and reads its compiled modules (``__pycache__``), as for an installed package;
+    without it the environment's ``PYTHONDONTWRITEBYTECODE`` stays and every module is compiled at every start.
+    """
     env = dict(os.environ)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     folder = scratch / "batch"
     folder.mkdir()
     for scan in scans:
         shutil.copy(scan, folder / scan.name)
-    slices = _slice_count(volume_scan)
+    slices = {scan: _slice_count(scan) for scan in volume_scans}
     figures: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
     for name, tree in trees.items():  # untimed: converts and compiles into the cache once
         _predict(tree, scans[0], scratch / f"warm-{name}", extra, env)
@@ -73,12 +79,14 @@ def measure(trees: dict[str, Path], scans: list[Path], volume_scan: Path, repeat
             got = figures[name]
             one = _predict(tree, scans[0], scratch / "one", extra, env)
             batch = _predict(tree, folder, scratch / "batch-out", extra, env)
-            volume = _predict(tree, volume_scan, scratch / "volume", [*extra, "--volume"], env)
             got.setdefault("one-scan call (s)", []).append(one)
             got.setdefault(f"marginal s / scan in a batch of {len(scans)}", []).append(
                 (batch - one) / (len(scans) - 1))
-            got.setdefault(f"--volume s / slice, whole call ({slices} slices)", []).append(volume / slices)
-            got.setdefault("--volume s / slice, sampling alone", []).append(_sample_per_slice(scratch / "volume"))
+            for scan, count in slices.items():
+                volume = _predict(tree, scan, scratch / "volume", [*extra, "--volume"], env)
+                got.setdefault(f"--volume s / slice, whole call ({count} slices)", []).append(volume / count)
+                got.setdefault(f"--volume s / slice, sampling alone ({count} slices)", []).append(
+                    _sample_per_slice(scratch / "volume"))
     return figures
 
 
@@ -194,8 +202,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=Path, help="folder of scans for the batch (default: the shipped scan)")
     parser.add_argument("--batch", type=int, default=5, help="scans in the batch (K, at least 2)")
-    parser.add_argument("--volume-scan", type=Path, default=SAMPLE, help="scan for --volume (default: the shipped "
-                                                                         "9-slice scan)")
+    parser.add_argument("--volume-scan", type=Path, action="append", help="scan for --volume, repeatable (default: "
+                                                                          "the shipped 9-slice scan)")
+    parser.add_argument("--no-bytecode", dest="bytecode", action="store_false",
+                        help="keep PYTHONDONTWRITEBYTECODE from the environment (every module compiled at every "
+                             "start); by default the calls read and write __pycache__ as an installed package does")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", type=Path, help="another source tree to time alternately (its src/ is used)")
     parser.add_argument("--reference", action="store_true", help="also time the authors' procedure (slow)")
@@ -220,7 +231,8 @@ def main() -> None:
             scans = [Path(shutil.copy(scan, scratch / scan.name)) for scan in scans]
         else:
             scans = [Path(shutil.copy(SAMPLE, scratch / f"sample{k}.mha")) for k in range(args.batch)]
-        figures = measure(trees, scans, args.volume_scan, args.repeats, scratch, extra)
+        figures = measure(trees, scans, args.volume_scan or [SAMPLE], args.repeats, scratch, extra,
+                          bytecode=args.bytecode)
         print(f"medians (min-max) of {args.repeats} repeats, the trees alternating:")
         print(_median_table(figures))
         if args.reference:

@@ -333,3 +333,17 @@ def test_a_narrow_disc_has_a_low_depth_index_and_a_partial_one_none() -> None:
                          top_cut)
     t12_l1 = next(d for d in report.discs if d["level"] == "T12-L1")
     assert values[6] == pytest.approx(t12_l1["height_mm"] / l1 / m.level_factor(6))
+
+
+def test_pixel_indices_are_nonzero_in_its_order() -> None:
+    from spinesegdiff.anatomy.sagittal import pixel_indices
+
+    rng = np.random.default_rng(3)
+    for mask in (rng.random((40, 50)) > 0.97, np.zeros((40, 50), bool), np.ones((3, 4), bool)):
+        rows, cols = pixel_indices(mask)
+        expected_rows, expected_cols = np.nonzero(mask)
+        np.testing.assert_array_equal(rows, expected_rows)
+        np.testing.assert_array_equal(cols, expected_cols)
+    edge = np.zeros((40, 50), bool)
+    edge[39, 49] = edge[0, 10] = True  # pixels on the last row and column, first row
+    np.testing.assert_array_equal(np.column_stack(pixel_indices(edge)), [[0, 10], [39, 49]])

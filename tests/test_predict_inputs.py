@@ -396,4 +396,7 @@ def test_fewer_steps_than_the_fused_default_fuse_every_step_unless_asked_otherwi
     for options, fused in ((["--steps", "1"], 1), (["--steps", "4"], 4), ([], 10), (["--steps", "20"], 10),
                            (["--steps", "4", "--fuse-steps", "2"], 2)):
         args = parser.parse_args(["predict", "-i", "x.mha", "-o", "out", *options])
-        assert sampler_settings(args).fuse_steps == fused, options
+        assert sampler_settings(args).resolved(refining=False).fuse_steps == fused, options
+    refining = sampler_settings(parser.parse_args(["predict", "-i", "x.mha", "-o", "out", "--preseg-steps", "30"]))
+    assert refining.fuse_steps is None  # the pipeline's default, filled in once it is known to refine
+    assert refining.resolved(refining=True).fuse_steps == 1

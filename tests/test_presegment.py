@@ -80,16 +80,18 @@ def test_refinement_starts_at_t_pre_and_counts_its_network_calls() -> None:
     torch.manual_seed(0)
     counting = CountingNetwork().eval()
     fake = FakePresegmenter()
-    settings = SamplerSettings(num_samples=2, num_steps=10, fuse_steps=10, precision="fp32", backend="torch",
-                               preseg_steps=30)
+    settings = SamplerSettings(num_samples=2, num_steps=2, precision="fp32", backend="torch", preseg_steps=30)
     segmenter = Segmenter(counting, TINY_DIFFUSION, None, device=torch.device("cpu"), settings=settings,
                           presegmenter=fake, scheduler_config=SchedulerConfig(schedule="cosine"))
     images = np.zeros((2, 320, 320), dtype=np.uint8)
     result = segmenter.segment(images)
-    assert settings.refine_steps() == 2 and result.network_calls == 2 * 2  # 2 steps per image, not 10
+    assert settings.refine_steps() == 2 and result.network_calls == 2 * 2  # 2 steps per image, as asked
     assert counting.timesteps[:2] == [30, 0] and max(counting.timesteps) == 30
-    assert SamplerSettings(preseg_steps=100).refine_steps() == 7
+    assert segmenter.settings.fuse_steps == 2  # every step run is fused by default
+    assert SamplerSettings(preseg_steps=30).refine_steps() == 1  # by default one step per 30 noise steps
+    assert SamplerSettings(preseg_steps=100).refine_steps() == 4
     assert SamplerSettings(preseg_steps=600).refine_steps() == 10
+    assert SamplerSettings(preseg_steps=5, num_steps=10).refine_steps() == 5  # never more steps than T_pre
     assert fake.calls == 1 and segmenter.describe()["presegmenter"] == "fake"
     counting.timesteps.clear()
     own_mask = Segmenter(counting, TINY_DIFFUSION, None, device=torch.device("cpu"), presegmenter=fake,
@@ -146,7 +148,7 @@ def test_unet_training_then_crossfitted_refiner_training(small_cache, tmp_path: 
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     segmenter = Segmenter.from_checkpoint(run, device="cpu", presegmenter=presegmenter,
                                           settings=SamplerSettings(num_samples=2, backend="torch"))
-    assert segmenter.segment(np.zeros((1, 320, 320), np.uint8)).network_calls == 2
+    assert segmenter.segment(np.zeros((1, 320, 320), np.uint8)).network_calls == 1  # T_pre 30: one step
     assert segmenter.scheduler_config == SchedulerConfig(schedule="cosine")  # as trained, from the checkpoint
 
     from spinesegdiff.errors import SpineSegDiffError
@@ -214,3 +216,19 @@ def test_a_unet_is_refused_as_the_diffusion_model(small_cache, tmp_path: Path) -
     unet = train(_config(small_cache.root, tmp_path / "unet"), progress=False, stop_after_steps=1)
     with pytest.raises(InputError, match="segmentation U-Net"):
         Segmenter.from_checkpoint(unet, device="cpu")
+
+
+def test_sampler_defaults_depend_on_refining_or_sampling_from_noise() -> None:
+    requested = SamplerSettings(preseg_steps=30)
+    refining = requested.resolved(refining=True)
+    assert (refining.num_samples, refining.num_steps, refining.fuse_steps) == (4, 1, 1)
+    from_noise = SamplerSettings().resolved(refining=False)
+    assert (from_noise.num_samples, from_noise.num_steps, from_noise.fuse_steps) == (15, 10, 10)
+    asked = SamplerSettings(num_samples=15, num_steps=2, preseg_steps=30).resolved(refining=True)
+    assert (asked.num_samples, asked.num_steps, asked.fuse_steps) == (15, 2, 2)
+    assert SamplerSettings(num_steps=3).resolved(refining=False).fuse_steps == 3
+    assert asked.resolved(refining=True) == asked  # resolving twice changes nothing
+    with pytest.raises(ValueError, match="fuse_steps must lie in 1..num_steps"):
+        SamplerSettings(num_steps=2, fuse_steps=3)
+    with pytest.raises(ValueError, match="fuse_steps must be positive"):
+        SamplerSettings(fuse_steps=0)

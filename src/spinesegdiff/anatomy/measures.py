@@ -38,7 +38,14 @@ import numpy as np
 from scipy import ndimage
 
 from spinesegdiff.anatomy.instances import Level, SpineLevels
-from spinesegdiff.anatomy.sagittal import INFERIOR, Frame, SagittalSlice, oriented_frame, principal_frame
+from spinesegdiff.anatomy.sagittal import (
+    INFERIOR,
+    Frame,
+    SagittalSlice,
+    bounding_box,
+    oriented_frame,
+    principal_frame,
+)
 
 UNCERTAIN_ENTROPY = 0.4
 """Normalised entropy from which a pixel counts as uncertain (a 70/30 split between two classes is 0.44)."""
@@ -104,19 +111,10 @@ def is_t2_like(scan: SagittalSlice) -> bool | None:
     return bool(np.median(scan.image[scan.canal]) > T2_CANAL_OVER_BODY * np.median(scan.image[scan.vertebra]))
 
 
-def _local(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    """The bounding box of ``mask`` grown by ``margin`` pixels (clipped), or ``None`` when it is empty."""
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    if not boxes or boxes[0] is None:
-        return None
-    return tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(boxes[0], mask.shape,
-                                                                                         strict=True))
-
-
 def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
     """:func:`scipy.ndimage.binary_dilation` computed in the mask's bounding box only (same result)."""
     out = np.zeros_like(mask, dtype=bool)
-    box = _local(mask, iterations + 1)
+    box = bounding_box(mask, iterations + 1)
     if box is not None:
         out[box] = ndimage.binary_dilation(mask[box], iterations=iterations)
     return out
@@ -125,7 +123,7 @@ def dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
 def erode(mask: np.ndarray) -> np.ndarray:
     """:func:`scipy.ndimage.binary_erosion` (one step) computed in the mask's bounding box only."""
     out = np.zeros_like(mask, dtype=bool)
-    box = _local(mask, 1)
+    box = bounding_box(mask, 1)
     if box is not None:
         out[box] = ndimage.binary_erosion(mask[box])
     return out

@@ -11,7 +11,6 @@ from pathlib import Path
 from spinesegdiff.cli.options import (
     PRESEG_MODEL_HELP,
     add_sampler_options,
-    fuse_steps,
     parse_folds,
     sampler_settings,
 )
@@ -37,8 +36,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run_benchmark(args.model, data_dir=args.data, samples=args.samples, steps=args.steps,
-                         fuse_steps=fuse_steps(args), onnx=not args.no_onnx, precision=args.precision,
+    sampler = sampler_settings(args).resolved(refining=False)  # the benchmark samples from noise
+    rows = run_benchmark(args.model, data_dir=args.data, samples=sampler.num_samples, steps=sampler.num_steps,
+                         fuse_steps=sampler.fuse_steps, onnx=not args.no_onnx, precision=args.precision,
                          backend=args.backend)
     print(benchmark_table(rows))
     return 0

@@ -10,9 +10,14 @@ from spinesegdiff.devices import DEVICE_CHOICES
 from spinesegdiff.pipelines.settings import (
     BACKENDS,
     DEFAULT_PRESEG_STEPS,
+    FUSED_STEPS,
     OUTPUT_FORMATS,
     PRECISIONS,
     PRESEGMENTERS,
+    REFINE_SAMPLES,
+    REFINE_STRIDE,
+    SAMPLES_FROM_NOISE,
+    STEPS_FROM_NOISE,
     SamplerSettings,
 )
 
@@ -48,12 +53,14 @@ def add_contrast_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=int, default=_SAMPLER.num_samples,
-                        help="diffusion samples S (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=_SAMPLER.num_steps, help="DDIM steps K (default %(default)s)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"diffusion samples S (default {REFINE_SAMPLES} refining a presegmentation, "
+                             f"{SAMPLES_FROM_NOISE} from noise)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"DDIM steps K (default {STEPS_FROM_NOISE} from noise; refining, one per "
+                             f"{REFINE_STRIDE} noise steps of T_pre: 1 at T_pre = {DEFAULT_PRESEG_STEPS})")
     parser.add_argument("--fuse-steps", type=int, default=None,
-                        help=f"last steps fused Ts (default {_SAMPLER.fuse_steps}, or every step when --steps is "
-                             "fewer)")
+                        help=f"last steps fused Ts (default {FUSED_STEPS}, or every step when fewer are run)")
     parser.add_argument("--seed", type=int, default=_SAMPLER.seed)
     parser.add_argument("--precision", choices=PRECISIONS, default=_SAMPLER.precision,
                         help="network arithmetic (default auto: bfloat16 where the hardware runs it natively)")
@@ -63,9 +70,9 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
 
 def add_preseg_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preseg", choices=PRESEGMENTERS,
-                        help=f"refine a presegmenter's mask (T_pre = {DEFAULT_PRESEG_STEPS}, 2 DDIM steps) instead "
-                             "of sampling from noise (10 steps); default: unet with the shipped models, none with "
-                             "--model")
+                        help=f"refine a presegmenter's mask (T_pre = {DEFAULT_PRESEG_STEPS}, 1 DDIM step) instead of "
+                             f"sampling from noise ({STEPS_FROM_NOISE} steps); default: unet with the shipped models, "
+                             "none with --model")
     parser.add_argument("--preseg-model", type=Path, help=PRESEG_MODEL_HELP)
     parser.add_argument("--preseg-steps", type=int,
                         help="T_pre, the noise step the presegmentation is refined from (default "
@@ -123,20 +130,13 @@ SAMPLER_OPTIONS = {"num_samples": "--samples", "num_steps": "--steps", "fuse_ste
 """The option that sets each :class:`SamplerSettings` field (its errors name the option)."""
 
 
-def fuse_steps(args: argparse.Namespace) -> int:
-    """``--fuse-steps`` as given, else the default or, for fewer ``--steps``, every step."""
-    if args.fuse_steps is not None:
-        return args.fuse_steps
-    return min(_SAMPLER.fuse_steps, args.steps) if isinstance(args.steps, int) else _SAMPLER.fuse_steps
-
-
 def sampler_settings(args: argparse.Namespace) -> SamplerSettings:
     """The sampler options as settings; a value out of range is one line naming the option (exit 2)."""
     from spinesegdiff.errors import SpineSegDiffError
     from spinesegdiff.pipelines.settings import InvalidSetting
 
     try:
-        return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=fuse_steps(args),
+        return SamplerSettings(num_samples=args.samples, num_steps=args.steps, fuse_steps=args.fuse_steps,
                                seed=args.seed, precision=args.precision, backend=args.backend,
                                preseg_steps=getattr(args, "preseg_steps", None))
     except InvalidSetting as err:

@@ -79,11 +79,12 @@ def run_ablation(run_dir: str | Path, preseg: str, preseg_model: str | Path | No
         if not 0 <= value <= total:
             raise InputError(None, f"T_pre must lie in 0..{total}, got {value}")
     held_out = HeldOutSlices.of_run(base.train_config, run_dir)
+    requested = settings or SamplerSettings()  # each T_pre takes its own defaults (S, K) unless asked
     rows, per_case = [], []
     for value in t_pre:
         from_noise = value >= total
         segmenter = Segmenter(base.model, base.model_config, base.train_config, device=base.device,
-                              settings=replace(base.settings, preseg_steps=None if from_noise else value),
+                              settings=replace(requested, preseg_steps=None if from_noise else value),
                               presegmenter=None if from_noise else presegmenter,
                               scheduler_config=base.scheduler_config)
         timed = segment_held_out(segmenter.segment, held_out, desc=f"T_pre={value}", quiet=quiet)

@@ -2,9 +2,10 @@
 
 A system is named on the command line as ``NAME=SPEC``:
 
-* ``NAME=RUN``: a spinesegdiff run folder; a diffusion variant is sampled (S = 15, K = Ts = 10 by default), a
+* ``NAME=RUN``: a spinesegdiff run folder; a diffusion variant is sampled (from noise S = 15, K = Ts = 10 by default), a
   ``unet`` run is argmaxed;
 * ``NAME=RUN,preseg=unet:UNET_RUN,t_pre=30``: a diffusion run refining a presegmenter's mask from ``T_pre``
+  (S = 4 and one DDIM step per 30 noise steps by default)
   (``preseg=nnunet:FOLDER`` for an nnU-Net presegmenter);
 * ``NAME=nnunet:FOLDER``: an nnU-Net v2 2d model folder (its ``fold_<k>`` of the evaluated fold);
 * ``fusion=exp|uncertainty`` overrides a diffusion run's fusion of the last steps (``uncertainty`` is Diff-UNet

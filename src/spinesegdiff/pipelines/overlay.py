@@ -225,11 +225,16 @@ def how_chosen(settings: dict) -> str:
     return CHOSEN_BY.get(chosen_by, str(settings.get("mode", "one slice")))
 
 
+PNG_COMPRESS_LEVEL = 3
+"""zlib effort of the overlay PNG (:func:`render_overlay`)."""
+
+
 def render_overlay(result: ScanSegmentation, path: Path) -> None:
     """Write the overlay of ``result`` (:func:`overlay_image`) to ``path`` as a PNG.
 
     ``path`` is the staged file of :func:`~spinesegdiff.pipelines.publish.staged_outputs` in ``predict``, so the
     PNG appears with the scan's other outputs or not at all; Pillow's ``OSError`` (a full disk) is reported
-    there as a one-line error naming the file.
+    there as a one-line error naming the file. zlib level 3: 0.05 s and 585 kB for the shipped scan's overlay,
+    against 0.14 s and 576 kB at Pillow's default 6 (measured on the project's 2-core CPU).
     """
-    overlay_image(result).save(Path(path), format="PNG")
+    overlay_image(result).save(Path(path), format="PNG", compress_level=PNG_COMPRESS_LEVEL)

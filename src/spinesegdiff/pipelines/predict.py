@@ -77,6 +77,7 @@ from spinesegdiff.pipelines.settings import (
     uncertainty_suffix,
 )
 from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
+from spinesegdiff.pipelines.write_behind import WriteBehind
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
 """A sagittal slice smaller than this cannot hold even two lumbar levels: refused."""
@@ -329,7 +330,8 @@ def segment(
         preseg_model: the presegmenter's model (a U-Net run, or an nnU-Net 2d model folder); refused with
             ``preseg="none"``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        settings: sampler settings (S = 15 samples, K = Ts = 10 steps by default).
+        settings: sampler settings (by default S = 4 samples and one DDIM step refining a presegmentation from
+            ``T_pre = 30``, S = 15 and K = Ts = 10 from noise; :class:`SamplerSettings`).
         volume: segment every sagittal slice instead of the central one.
         segmenter: a ready :class:`Segmenter` (``model``, ``device`` and ``settings`` are then ignored).
         quiet: do not say so when ``auto`` falls back to the CPU.
@@ -415,7 +417,8 @@ def predict_scans(
     left out come first, one :class:`ScanOutcome` each with its ``note`` (or ``error``, for a broken link);
     the scans are then segmented one by one as the returned iterator is consumed, one :class:`ScanOutcome` each,
     in this process the next scan read and preprocessed in a background thread meanwhile (one scan ahead at
-    most; :mod:`~spinesegdiff.pipelines.read_ahead`). A scan that cannot be read or segmented becomes an outcome
+    most; :mod:`~spinesegdiff.pipelines.read_ahead`) and the previous one written in another
+    (:mod:`~spinesegdiff.pipelines.write_behind`). A scan that cannot be read or segmented becomes an outcome
     with its error, in its place in the order, and the next one is tried; the model is loaded after the first
     readable scan, so a bad input is reported before a long load.
 
@@ -542,10 +545,13 @@ ScanRunner = Callable[[list[tuple[int, PlannedScan]]], Iterator[ScanOutcome]]
 
 def _segment_in_process(load_segmenter: Callable[[], Segmenter], work: ScanWork,
                         todo: list[tuple[int, PlannedScan]]) -> Iterator[ScanOutcome]:
-    """The scans one by one in this process, the next one read and preprocessed in a background thread while
-    this one is segmented and written (:func:`~spinesegdiff.pipelines.read_ahead.read_ahead`, one scan ahead at
-    most); the model is loaded after the first readable scan. Outcomes, errors included, come in ``todo``'s
-    order, as :func:`segment_planned` gives them."""
+    """The scans one by one in this process: while one is segmented (:func:`segment_phase`), the next one is
+    read and preprocessed in a background thread (:func:`~spinesegdiff.pipelines.read_ahead.read_ahead`, one
+    scan ahead at most) and the previous one's level report, overlay and files are written in another
+    (:func:`write_phase`, :class:`~spinesegdiff.pipelines.write_behind.WriteBehind`, one write at a time); the
+    model is loaded after the first readable scan. Outcomes, errors included, come in ``todo``'s order, as
+    :func:`segment_planned` gives them. An interruption rolls back the scan being segmented and finishes the
+    write under way (that scan's outputs are complete; its outcome is not reported)."""
     segmenter: list[Segmenter] = []
 
     def get_segmenter() -> Segmenter:
@@ -554,11 +560,19 @@ def _segment_in_process(load_segmenter: Callable[[], Segmenter], work: ScanWork,
         return segmenter[0]
 
     reads = read_ahead(todo, lambda item: read_planned(item[1], item[0], work))
+    writes = WriteBehind(partial(write_phase, work=work))
     try:
         for (index, planned), read in zip(todo, reads, strict=True):
-            yield segment_read(read, planned, index, work, get_segmenter)
+            segmented = segment_phase(read, planned, index, work, get_segmenter)
+            yield from writes.done()
+            if isinstance(segmented, ScanOutcome):
+                yield segmented
+            else:
+                writes.submit(segmented)
+        yield from writes.done()
     finally:
         reads.close()  # an interrupted or abandoned run leaves no read queued
+        writes.close()  # and a write under way is finished: its scan's set is published whole
 
 
 def _predict_each(plan: tuple[PlannedScan, ...], skipped: tuple[Skipped, ...], run_scans: ScanRunner, *,
@@ -628,27 +642,55 @@ def read_planned(planned: PlannedScan, index: int, work: ScanWork) -> LoadedScan
         return ScanOutcome(planned.scan, index, work.total, error=str(err))
 
 
+@dataclass(frozen=True)
+class SegmentedScan:
+    """A scan segmented and not yet written (:func:`segment_phase`), with its quality doubts."""
+
+    result: ScanSegmentation
+    planned: PlannedScan
+    index: int
+    doubts: tuple[str, ...] = ()
+
+
 def segment_read(read: LoadedScan | ScanOutcome, planned: PlannedScan, index: int, work: ScanWork,
                  get_segmenter: Callable[[], Segmenter]) -> ScanOutcome:
     """Segment and write a scan :func:`read_planned` gave (an outcome, a failed read, is handed on as it is):
     its outcome, with the one-line error if it failed and the quality doubts as its warning."""
+    segmented = segment_phase(read, planned, index, work, get_segmenter)
+    return segmented if isinstance(segmented, ScanOutcome) else write_phase(segmented, work)
+
+
+def segment_phase(read: LoadedScan | ScanOutcome, planned: PlannedScan, index: int, work: ScanWork,
+                  get_segmenter: Callable[[], Segmenter]) -> SegmentedScan | ScanOutcome:
+    """The first half of :func:`segment_read`: the scan segmented (with its quality doubts), or its outcome
+    with the one-line error. Writes nothing."""
     if isinstance(read, ScanOutcome):
         return read
-    scan, total = planned.scan, work.total
     segmenter = get_segmenter()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", QualityWarning)
             result = segment_loaded(read, segmenter, keep_all_parts=work.keep_all_parts)
-        paths = write_outputs(result, work.output, output_format=work.output_format, labels=work.labels)
     except SpineSegDiffError as err:
-        return ScanOutcome(scan, index, total, error=str(err))
-    doubts = [str(w.message) for w in caught if issubclass(w.category, QualityWarning)]
+        return ScanOutcome(planned.scan, index, work.total, error=str(err))
     for other in (w for w in caught if not issubclass(w.category, QualityWarning)):
         warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    doubts = tuple(str(w.message) for w in caught if issubclass(w.category, QualityWarning))
+    return SegmentedScan(result, planned, index, doubts)
+
+
+def write_phase(segmented: SegmentedScan, work: ScanWork) -> ScanOutcome:
+    """The second half of :func:`segment_read`: the level report, the overlay and the scan's files written
+    together (:func:`write_outputs`); its outcome, with the one-line error if they could not be written.
+    Touches no model and no signal handler: safe in a thread."""
+    scan, index, result = segmented.planned.scan, segmented.index, segmented.result
+    try:
+        paths = write_outputs(result, work.output, output_format=work.output_format, labels=work.labels)
+    except SpineSegDiffError as err:
+        return ScanOutcome(scan, index, work.total, error=str(err))
     seconds = sum(v for k, v in result.timings.items() if k.endswith("_s"))
-    return ScanOutcome(scan, index, total, paths=paths, seconds=seconds,
-                       warning="; ".join(doubts) if doubts else None)
+    return ScanOutcome(scan, index, work.total, paths=paths, seconds=seconds,
+                       warning="; ".join(segmented.doubts) if segmented.doubts else None)
 
 
 @dataclass(frozen=True)

@@ -92,9 +92,9 @@ class ReducedPrecisionNetwork:
 
 def checked_settings(settings: SamplerSettings | None, presegmenter: Presegmenter | None,
                      num_train_timesteps: int, model_name: str) -> SamplerSettings:
-    """The sampler settings of a segmenter: ``T_pre = 30`` by default with a presegmenter, and refused (with
-    :class:`SpineSegDiffError`) when they ask for ``T_pre`` without a presegmenter or for steps the model's
-    ``T``-step schedule does not have."""
+    """The sampler settings of a segmenter, defaults filled in (:meth:`SamplerSettings.resolved`; ``T_pre = 30``
+    by default with a presegmenter), and refused (with :class:`SpineSegDiffError`) when they ask for ``T_pre``
+    without a presegmenter or for steps the model's ``T``-step schedule does not have."""
     settings = settings or SamplerSettings()
     if presegmenter is not None and settings.preseg_steps is None:
         settings = dataclasses.replace(settings, preseg_steps=DEFAULT_PRESEG_STEPS)
@@ -104,7 +104,7 @@ def checked_settings(settings: SamplerSettings | None, presegmenter: Presegmente
         settings.check_schedule(num_train_timesteps)
     except ValueError as err:
         raise SpineSegDiffError(f"{model_name or 'model'}: sampler settings do not fit the model: {err}") from err
-    return settings
+    return settings.resolved(refining=presegmenter is not None)
 
 
 class Segmenter:

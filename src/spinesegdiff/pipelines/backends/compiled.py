@@ -174,7 +174,7 @@ class CompiledGraphs:
         core = openvino_core(folder.parent)
         self.precision = openvino_precision(precision, core)
         properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                                      "PERFORMANCE_HINT": "LATENCY"}
+                                      "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         threads = threads or runtime_threads()
         if threads:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
