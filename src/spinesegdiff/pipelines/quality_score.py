@@ -12,8 +12,9 @@ The score, in [0, 1] (higher is better), multiplies three factors measured on th
 Measured (``docs/RESULTS.md``, "Generalisation"): on the 33 SPIDER patients, each segmented by the U-Net of the
 fold that held it out (uncertainty: its entropy), the score's Spearman rank correlation with the patient's mean
 Dice is 0.80. A scan is flagged ``out_of_distribution`` when its score falls below
-:data:`OUT_OF_DISTRIBUTION_BELOW`, set below every real scan the shipped pipeline has scored: 0.789-0.874 on the
-33 SPIDER scans (in-sample), 0.795-0.846 on the 18 external 2D T2 scans. The scale belongs to the shipped
+:data:`OUT_OF_DISTRIBUTION_BELOW`, set below every real scan the shipped pipeline has scored: with the models and
+sampling shipped on 2026-11-29, 0.765-0.858 on the 33 SPIDER scans (in-sample), 0.752-0.842 on the 18 external 2D T2
+scans (``benchmarks/quality_scores.py``). The scale belongs to the shipped
 pipeline's uncertainty (diffusion samples); a presegmenter's own mask (``T_pre = 0``) is less certain and scores
 lower (0.64-0.77 on the held-out slices above).
 """
@@ -34,7 +35,7 @@ UNCERTAINTY_SCALE = 0.5
 DOUBTFUL_FACTOR = 0.5
 """A result that does not look like a whole lumbar spine keeps half its score."""
 OUT_OF_DISTRIBUTION_BELOW = 0.70
-"""Scores below this are flagged (the lowest of 51 real scans with the shipped pipeline: 0.789; module doc)."""
+"""Scores below this are flagged (the lowest of 51 real scans with the shipped pipeline: 0.752; module doc)."""
 
 
 def quality_score(labels: np.ndarray, uncertainty: np.ndarray, *, removed_mm2: float = 0.0,
