@@ -34,15 +34,17 @@ def held_out_rows(run: str) -> list[dict]:
     unet = load_presegmenter("unet", run, device="cpu")
     probabilities = unet(held_out.images())
     raw = presegmentation_summary(probabilities)
-    _, kept, cleanup = plausible_probabilities(raw.class_probabilities, raw.labels)
     rows = []
-    for k, case in enumerate(held_out.cases):
+    for k, case in enumerate(held_out.cases):  # each slice on its own: the slices are different patients', and
+        # a stack of one scan's slices is a volume to the clean-up (its rule 4 bounds them by one slice's column)
+        _, kept, cleanup = plausible_probabilities(raw.class_probabilities[k:k + 1], raw.labels[k:k + 1])
+        removed = cleanup.per_slice_mm2[0]
         truth = held_out.truth(k)
-        verdict = spine_quality(kept[k])["verdict"]
-        scored = quality_score(kept[k], raw.uncertainty[k], removed_mm2=cleanup.per_slice_mm2[k],
+        verdict = spine_quality(kept[0])["verdict"]
+        scored = quality_score(kept[0], raw.uncertainty[k], removed_mm2=removed,
                                verdict="doubtful" if verdict == "implausible" else verdict)
         rows.append({"case": case, "fold": held_out.fold, "dice_raw": dice_per_class(raw.labels[k], truth),
-                     "dice_clean": dice_per_class(kept[k], truth), "removed_mm2": cleanup.per_slice_mm2[k],
+                     "dice_clean": dice_per_class(kept[0], truth), "removed_mm2": removed,
                      "verdict": verdict, **scored})
     return rows
 

@@ -164,3 +164,31 @@ def test_in_a_volume_a_canal_part_removed_whole_is_counted_once() -> None:
     _, kept, cleanup = plausible_probabilities(_one_hot(labels), labels)
     assert not (kept[0] == SPINAL_CANAL).any() and not kept[0][:, :100].any()
     assert cleanup.parts_removed == 1, "the part, not the part and its canal"
+
+
+def test_disc_pixels_far_in_front_of_their_slices_vertebrae_are_removed() -> None:
+    labels = _spine()  # the bodies' front at column 100
+    labels[74:83, 85:102] = DISC  # a disc bulging 15 mm in front of the bodies (rows of the first disc)
+    kept, cleanup = plausible_labels(labels)
+    assert (kept[74:83, 90:102] == DISC).all(), "up to 10 mm in front is kept"
+    assert not kept[74:83, 85:90].any(), "further than 10 mm in front goes"
+    assert cleanup.removed_mm2["IVD"] == 9 * 5
+    bulge = _spine()
+    bulge[74:83, 92:102] = DISC  # 8 mm: an annulus' bulge
+    assert np.array_equal(plausible_labels(bulge)[0], bulge)
+
+
+def test_in_a_volume_a_canal_kept_for_bodies_that_were_removed_in_front_goes_too() -> None:
+    midline = _spine()  # the column's front at column 100
+    lateral = np.zeros_like(midline)
+    lateral[40:200, 112:141] = VERTEBRA  # the bodies' side, receding 12 mm behind the midline's front
+    lateral[100:160, 102:110] = SPINAL_CANAL  # a vessel drawn as canal in front of them, centred behind column 100
+    lateral[100:160, 60:100] = VERTEBRA  # the psoas taken for vertebra, in front of the "canal": its centre 20 mm
+    first_pass = plausible_labels(lateral)[0]
+    assert (first_pass == SPINAL_CANAL).any(), "with the psoas in front, the canal passes on the slice alone"
+    labels = np.stack([lateral, midline])
+    _, kept, cleanup = plausible_probabilities(_one_hot(labels), labels)
+    assert np.array_equal(kept[1], midline)
+    assert not kept[0][:, :112].any(), "the psoas (in front of the midline column) and then the canal go"
+    assert (kept[0][40:200, 112:141] == VERTEBRA).all()
+    assert cleanup.removed_mm2["SC"] == 60 * 8 and cleanup.removed_mm2["VB"] == 60 * 40
