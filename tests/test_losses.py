@@ -87,3 +87,55 @@ def test_epsilon_loss_by_hand() -> None:
     assert epsilon_loss(torch.zeros_like(eps), eps).item() == pytest.approx((1 + 1 + 0 + 4) / 4)
     with pytest.raises(ValueError, match="one shape"):
         epsilon_loss(eps, eps[0])
+
+
+def test_min_snr_weights_clamp_the_snr_at_gamma() -> None:
+    from spinesegdiff.training.losses import min_snr_weights
+
+    abar = torch.tensor([0.999, 0.9, 5 / 6, 0.5, 0.01], dtype=torch.float64)  # SNR 999, 9, 5, 1, 0.0101
+    weights = min_snr_weights(abar, 5.0)
+    torch.testing.assert_close(weights, torch.tensor([5 / 999, 5 / 9, 1.0, 1.0, 1.0]), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="gamma must be positive"):
+        min_snr_weights(abar, 0.0)
+
+
+def test_weighted_epsilon_loss_weights_each_samples_error() -> None:
+    pred = torch.zeros(2, 3, 4, 4)
+    eps = torch.stack([torch.full((3, 4, 4), 1.0), torch.full((3, 4, 4), 2.0)])  # per-sample MSE 1 and 4
+    assert float(epsilon_loss(pred, eps)) == pytest.approx(2.5)
+    assert float(epsilon_loss(pred, eps, torch.tensor([1.0, 0.5]))) == pytest.approx((1.0 + 2.0) / 2)
+    assert float(epsilon_loss(pred, eps, torch.ones(2))) == pytest.approx(float(epsilon_loss(pred, eps)))
+
+
+def test_training_loss_of_a_noise_predictor_uses_min_snr_weights() -> None:
+    from spinesegdiff.diffusion import make_schedule
+    from spinesegdiff.training.loop import training_loss
+    from spinesegdiff.training.losses import min_snr_weights
+
+    class Zero(torch.nn.Module):  # predicts no noise: the loss is each sample's mean squared noise, weighted
+        def forward(self, x_t, t, image=None):
+            return torch.zeros_like(x_t)
+
+    schedule = make_schedule("linear", 1000)
+    image, labels = torch.zeros(3, 1, 8, 8), torch.zeros(3, 8, 8, dtype=torch.long)
+    steps = torch.tensor([5, 300, 900])
+    plain, _ = training_loss(Zero(), image, labels, schedule=schedule, prediction_type="epsilon",
+                             generator=torch.Generator().manual_seed(1), timesteps=steps)
+    weighted, _ = training_loss(Zero(), image, labels, schedule=schedule, prediction_type="epsilon",
+                                generator=torch.Generator().manual_seed(1), timesteps=steps, min_snr_gamma=5.0)
+    noise = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(1))  # the loss's own draw
+    per_sample = noise.pow(2).flatten(1).mean(dim=1)
+    weights = min_snr_weights(schedule.alphas_cumprod[steps], 5.0)
+    assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-5)
+    assert float(weighted) == pytest.approx(float((weights * per_sample).mean()), rel=1e-5)
+    assert float(weights[0]) < 0.1 and float(weights[2]) == 1.0  # the nearly clean step counts far less
+
+
+def test_min_snr_gamma_is_a_validated_optimisation_setting() -> None:
+    from spinesegdiff.training.config import OptimisationSettings, TrainConfig
+
+    assert OptimisationSettings().min_snr_gamma is None
+    config = TrainConfig.from_dict({"data": "d", "out": "o", "optimisation": {"min_snr_gamma": 5.0}})
+    assert config.optimisation.min_snr_gamma == 5.0
+    with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
+        OptimisationSettings(min_snr_gamma=0.0)

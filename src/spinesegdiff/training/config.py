@@ -42,6 +42,8 @@ class OptimisationSettings:
 
     ``lr_schedule`` ``cosine`` decays the learning rate to 2 % of ``lr`` after ``warmup_steps`` linear warm-up
     steps; ``seed`` seeds the initial weights, the batches, the augmentation and the validation sampler.
+    ``min_snr_gamma`` (noise-predicting models, IISDM): weight each sample's loss by Min-SNR-gamma
+    (:func:`~spinesegdiff.training.losses.min_snr_weights`; ``None``: plain MSE).
     """
 
     epochs: int = 300
@@ -53,8 +55,11 @@ class OptimisationSettings:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0
+    min_snr_gamma: float | None = None
 
     def __post_init__(self) -> None:
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive (or null), got {self.min_snr_gamma}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
         if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:

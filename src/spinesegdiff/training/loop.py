@@ -36,7 +36,12 @@ from spinesegdiff.models.checkpoint import load_checkpoint, save_checkpoint
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
 from spinesegdiff.training.batches import training_batch
 from spinesegdiff.training.config import TrainConfig, make_train_config
-from spinesegdiff.training.losses import dice_cross_entropy_loss, epsilon_loss, segmentation_loss
+from spinesegdiff.training.losses import (
+    dice_cross_entropy_loss,
+    epsilon_loss,
+    min_snr_weights,
+    segmentation_loss,
+)
 from spinesegdiff.training.lr_schedule import learning_rate
 from spinesegdiff.training.setup import (
     Run,
@@ -60,7 +65,8 @@ def one_hot_x0(labels: torch.Tensor, channels: int = 3) -> torch.Tensor:
 def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tensor, *, schedule,
                   prediction_type: str, generator: torch.Generator | None = None,
                   max_timestep: int | None = None, start_mask: torch.Tensor | None = None,
-                  timesteps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  timesteps: torch.Tensor | None = None,
+                  min_snr_gamma: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One diffusion training loss on a batch.
 
     Args:
@@ -71,6 +77,7 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
         max_timestep: draw ``t`` from ``[0, max_timestep]`` (presegmentation training) instead of ``[0, T)``.
         start_mask: ``(B, 3, H, W)`` in [0, 1]: noise this mask (a presegmentation) instead of the ground truth.
         timesteps: ``(B,)`` steps to use instead of drawing them.
+        min_snr_gamma: with ``epsilon``, weight each sample by Min-SNR-gamma (``None``: plain MSE).
     """
     target01 = one_hot_x0(labels)
     high = schedule.num_train_timesteps if max_timestep is None else max_timestep + 1
@@ -81,7 +88,9 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
     x_t = add_noise(source * 2 - 1, noise, t, schedule).to(image.dtype)
     output = net(x_t, t, image=image)
     if prediction_type == "epsilon":
-        loss = epsilon_loss(output.float(), noise)
+        weights = None if min_snr_gamma is None else min_snr_weights(
+            schedule.alphas_cumprod.to(t.device)[t], min_snr_gamma)
+        loss = epsilon_loss(output.float(), noise, weights)
         return loss, {"mse": loss.detach()}
     return segmentation_loss(output.float(), target01)
 
@@ -201,7 +210,7 @@ def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfi
         if run.diffusion:
             loss, _ = training_loss(model, image * 2 - 1, labels, schedule=run.scheduler.schedule,
                                     prediction_type=run.scheduler.prediction_type, generator=state.generator,
-                                    **refine)
+                                    min_snr_gamma=settings.min_snr_gamma, **refine)
         else:
             loss, _ = dice_cross_entropy_loss(model(image * 2 - 1).float(), labels)
     state.optimizer.zero_grad(set_to_none=True)

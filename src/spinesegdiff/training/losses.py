@@ -5,7 +5,8 @@ compared with the one-hot ground truth ``g`` in ``{0, 1}`` (NOT the ``[-1, 1]`` 
 uses ``x0_hat = 2 p - 1``. ``L = w_mse * MSE(p, g) + w_dice * (1 - Dice(p, g)) + w_bce * BCE(z, g)``
 (paper appendix A.2).
 
-IISDM (noise prediction): ``L = MSE(eps_hat, eps)``.
+IISDM (noise prediction): ``L = MSE(eps_hat, eps)``, optionally weighted per sample by Min-SNR-gamma
+(:func:`min_snr_weights`; Hang et al., ICCV 2023).
 """
 
 from __future__ import annotations
@@ -64,11 +65,35 @@ def segmentation_loss(
     return total, {"mse": mse.detach(), "dice": dice.detach(), "bce": bce.detach()}
 
 
-def epsilon_loss(pred_eps: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between the predicted and the true noise (IISDM), both ``(B, C, H, W)``."""
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights of noise prediction (Hang et al., ICCV 2023): ``min(SNR, gamma) / SNR``.
+
+    ``SNR(t) = abar_t / (1 - abar_t)``. Noise prediction's plain MSE equals an x0 loss weighted by ``SNR``, which
+    lets the nearly clean, easy steps dominate; clamping that weight at ``gamma`` (the paper's 5) evens out the
+    steps' share of the gradient, and training converged about 3x faster there.
+
+    Args:
+        alphas_cumprod_t: ``(B,)`` ``abar_t`` of each sample's step, in ``(0, 1)``.
+        gamma: the clamp, positive.
+
+    Returns:
+        ``(B,)`` float32 weights in ``(0, 1]``: 1 where ``SNR <= gamma`` (the noisy steps), ``gamma / SNR`` above.
+    """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be positive, got {gamma}")
+    snr = alphas_cumprod_t.double() / (1.0 - alphas_cumprod_t.double())
+    return (snr.clamp(max=gamma) / snr).float()
+
+
+def epsilon_loss(pred_eps: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error between the predicted and the true noise (IISDM), both ``(B, C, H, W)``; with
+    ``weights`` ``(B,)`` (:func:`min_snr_weights`), each sample's mean squared error weighted, then averaged."""
     if pred_eps.shape != eps.shape:
         raise ValueError(f"pred_eps {tuple(pred_eps.shape)} and eps {tuple(eps.shape)} must have one shape")
-    return F.mse_loss(pred_eps, eps)
+    if weights is None:
+        return F.mse_loss(pred_eps, eps)
+    per_sample = (pred_eps - eps).pow(2).flatten(1).mean(dim=1)
+    return (weights.to(per_sample.dtype) * per_sample).mean()
 
 
 def dice_cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
