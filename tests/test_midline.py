@@ -122,6 +122,32 @@ def test_predict_segments_the_slice_anatomy_picks_and_reports_it(sample: Path, s
     assert result.labels[:, :, :].any() and json.dumps(choice)
 
 
+def test_the_candidates_are_prepared_with_the_scan_once(sample: Path, shipped, monkeypatch) -> None:
+    import numpy as np
+
+    from spinesegdiff.pipelines import predict as predict_module
+    from spinesegdiff.pipelines.midline import candidate_slices
+
+    loaded = predict_module.load_scan(sample)
+    grid = loaded.prepared.grid
+    assert loaded.candidates.indices == candidate_slices(grid) and loaded.prepared.indices == [grid.central_index]
+    k = loaded.candidates.indices.index(grid.central_index)
+    np.testing.assert_array_equal(loaded.prepared.images[0], loaded.candidates.images[k])
+    single = predict_module.load_scan(sample, slice_index="centre")
+    assert single.candidates is None  # a slice the user names needs no choice
+    np.testing.assert_array_equal(single.prepared.images, loaded.prepared.images)
+    assert predict_module.load_scan(sample, volume=True).candidates is None
+
+    def no_second_preparation(*args, **kwargs):
+        raise AssertionError("the candidates were prepared again")
+
+    monkeypatch.setattr(predict_module, "prepare_scan", no_second_preparation)
+    result = predict_module.segment_loaded(loaded, shipped)
+    chosen = result.settings["slice"]["index"]
+    np.testing.assert_array_equal(result.prepared.images[0],
+                                  loaded.candidates.images[loaded.candidates.indices.index(chosen)])
+
+
 def test_slice_names_the_slice(sample: Path, shipped) -> None:
     from spinesegdiff.pipelines.predict import segment
 

@@ -165,6 +165,9 @@ class LoadedScan:
     prepared: PreparedScan
     timings: dict[str, float]
     slice_choice: SliceChoice | None = None
+    candidates: PreparedScan | None = None
+    """The candidate slices of the mid-sagittal choice (:func:`~spinesegdiff.pipelines.midline.candidate_slices`),
+    prepared with the scan when the slice is to be chosen by anatomy (``prepared`` is then the central one)."""
 
 
 def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool = False,
@@ -195,13 +198,25 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
     mark = time.perf_counter()
     grid = plan_grid(array.shape, geometry)
     choice = _first_choice(grid, volume, slice_index, source)
-    prepared = prepare_scan(array, geometry, slices="all" if volume else [choice.index], source=source)
+    candidates = None
+    if choice is not None and choice.chosen_by == "centre":  # the candidates of the choice by anatomy, at once
+        candidates = prepare_scan(array, geometry, slices=candidate_slices(grid), source=source)
+        prepared = _only(candidates, choice.index)
+    else:
+        prepared = prepare_scan(array, geometry, slices="all" if volume else [choice.index], source=source)
     check_field_of_view(prepared, source)
     central = prepared.grid.central_index if choice is None else choice.index
     check_slice_signal(native_slice(array, prepared.grid, central), central, source)
     timings = {"read_s": read_seconds, "preprocess_s": time.perf_counter() - mark}
     return LoadedScan(source=source, stem=stem, image=array, geometry=geometry, prepared=prepared, timings=timings,
-                      slice_choice=choice)
+                      slice_choice=choice, candidates=candidates)
+
+
+def _only(prepared: PreparedScan, index: int) -> PreparedScan:
+    """The slice of sagittal index ``index`` of ``prepared`` (one of its slices)."""
+    k = prepared.indices.index(index)
+    labels = None if prepared.labels is None else prepared.labels[k:k + 1]
+    return dataclasses.replace(prepared, images=prepared.images[k:k + 1], indices=[index], labels=labels)
 
 
 def _first_choice(grid, volume: bool, slice_index: int | str | None, source: Path | None) -> SliceChoice | None:
@@ -295,13 +310,12 @@ def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice
     """The scan prepared at its mid-sagittal slice, chosen on the presegmenter's labels of the candidates
     (:mod:`~spinesegdiff.pipelines.midline`)."""
     grid = scan.prepared.grid
-    candidates = candidate_slices(grid)
-    prepared = prepare_scan(scan.image, scan.geometry, slices=candidates, source=scan.source)
+    prepared = scan.candidates
+    if prepared is None:  # a LoadedScan made without them
+        prepared = prepare_scan(scan.image, scan.geometry, slices=candidate_slices(grid), source=scan.source)
     labels = np.asarray(presegmenter(prepared.images)).argmax(axis=1)
-    choice = choose_slice(candidates, labels, grid.central_index)
-    k = candidates.index(choice.index)
-    chosen = dataclasses.replace(prepared, images=prepared.images[k:k + 1], indices=[choice.index], labels=None)
-    return dataclasses.replace(scan, prepared=chosen, slice_choice=choice), choice
+    choice = choose_slice(prepared.indices, labels, grid.central_index)
+    return dataclasses.replace(scan, prepared=_only(prepared, choice.index), slice_choice=choice), choice
 
 
 def segment(
