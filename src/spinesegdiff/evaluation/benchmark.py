@@ -23,6 +23,7 @@ from spinesegdiff.errors import MissingInputError
 from spinesegdiff.evaluation.held_out import segment_timed
 from spinesegdiff.evaluation.metrics import dice_per_class
 from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
+from spinesegdiff.pipelines.settings import FUSED_STEPS, SAMPLES_FROM_NOISE, STEPS_FROM_NOISE
 
 
 def benchmark_slice(data_dir: Path | None) -> tuple[np.ndarray, str]:
@@ -57,9 +58,10 @@ def _label(segmenter: Segmenter) -> str:
     return f"{'OpenVINO' if described['backend'] == 'openvino' else 'PyTorch'} {described['precision']}"
 
 
-def run_benchmark(model: str | Path, *, data_dir: Path | None = None, samples: int = 15, steps: int = 10,
-                  fuse_steps: int = 10, reference_steps: int = 50, repeats: int = 2, onnx: bool = True,
-                  precision: str = "auto", backend: str = "auto", reference_same_backend: bool = True) -> list[dict]:
+def run_benchmark(model: str | Path, *, data_dir: Path | None = None, samples: int = SAMPLES_FROM_NOISE,
+                  steps: int = STEPS_FROM_NOISE, fuse_steps: int = FUSED_STEPS, reference_steps: int = 50,
+                  repeats: int = 2, onnx: bool = True, precision: str = "auto", backend: str = "auto",
+                  reference_same_backend: bool = True) -> list[dict]:
     """Time the procedures on one slice and return one row per procedure (:func:`benchmark_table` prints them).
 
     (a) is the authors' procedure in PyTorch float32, as they ran it; (b) is our default sampler
