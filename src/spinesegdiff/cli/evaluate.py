@@ -66,7 +66,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     commands = [recorded_command(["spinesegdiff", *args.argv])]
     page = run_evaluation(specs, args.out, metadata=args.metadata, ablation_files=args.ablation,
                           settings=sampler_settings(args), device=args.device, reuse=args.reuse,
-                          folds=parse_folds(args.folds), commands=commands, quiet=args.quiet)
+                          folds=parse_folds(args.folds), commands=commands, quiet=args.quiet,
+                          slab_cache=args.slab_cache)
     print(f"report: {page} (tables .md/.csv/.tex, cases.csv, figures/ beside it)")
     if args.metadata is None:
         print("no pathology analysis: no --metadata folder with radiological_gradings.csv given")
@@ -113,8 +114,8 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
 def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     ev = commands.add_parser("evaluate", help="compare systems on a held-out fold: tables, statistics, figures, HTML")
     ev.add_argument("--system", required=True, action="append",
-                    help="NAME=RUN | NAME=RUN,preseg=unet:UNET_RUN,t_pre=30 | NAME=nnunet:FOLDER (repeat; the "
-                         "first is the primary system)")
+                    help="NAME=RUN | NAME=RUN,preseg=unet:UNET_RUN,t_pre=30 | NAME=nnunet:FOLDER (2d or 3d_fullres; "
+                         "repeat; the first is the primary system)")
     ev.add_argument("--out", required=True, type=Path, help="report folder")
     ev.add_argument("--metadata", type=Path,
                     help="folder with radiological_gradings.csv for the pathology analysis (default: none)")
@@ -123,6 +124,10 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     ev.add_argument("--folds", help="cross-validate over these test folds (0-4 or 0,1,2): each fold is predicted "
                                     "by its own models, named with {fold} in a system's paths")
     ev.add_argument("--reuse", action="store_true", help="reuse predictions already in OUT/predictions")
+    ev.add_argument("--slab-cache", type=Path,
+                    help="cache of all sagittal slices (preprocess --all-slices) from which the 3D systems (nnU-Net "
+                         "3d_fullres, Diff-UNet 3D) take each held-out scan's slab (default: a Diff-UNet 3D run's "
+                         "own training cache)")
     add_sampler_options(ev)
     ev.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     ev.add_argument("--quiet", action="store_true")

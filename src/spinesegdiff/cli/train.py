@@ -52,7 +52,9 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     tr.add_argument("--out", required=True, type=Path, help="run folder for checkpoints and logs")
     tr.add_argument("--config", type=Path, help="JSON file of training settings (flags below override it)")
     tr.add_argument("--preset", choices=PRESETS, help="network size (default compact)")
-    tr.add_argument("--variant", choices=VARIANTS, help="model variant (default spinesegdiff)")
+    tr.add_argument("--variant", choices=VARIANTS,
+                    help="model variant (default spinesegdiff; diffunet3d trains on slabs: a cache made by "
+                         "preprocess --all-slices)")
     tr.add_argument("--fold", help="test fold 0..K-1, or 'all' to train on every case (default 0)")
     tr.add_argument("--folds", type=int, help="number of patient folds K (default 5)")
     tr.add_argument("--split-file", help="splits_final.json to take the folds from (ours or the paper's)")

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
+from spinesegdiff.data.slabs import Slabs
 from spinesegdiff.errors import MissingInputError, SpineSegDiffError
 from spinesegdiff.evaluation.held_out import HeldOutSlices
-from spinesegdiff.evaluation.systems import PredictionSet, SystemSpec, predict_system
+from spinesegdiff.evaluation.systems import PredictionSet, SystemSpec, needs_slabs, predict_system
 
 
 def _reference_fold(specs: Sequence[SystemSpec]) -> HeldOutSlices:
@@ -55,12 +58,42 @@ class FoldPredictions(NamedTuple):
     slices: dict[str, dict]
 
 
+def _slab_source(specs: Sequence[SystemSpec], slab_cache: Path | None) -> Path:
+    """The cache of all slices that 3D systems read their slabs from: ``slab_cache``, else the first 3D run's
+    own training cache."""
+    if slab_cache is not None:
+        return Path(slab_cache)
+    from spinesegdiff.data.folds import run_fold_settings
+    from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
+
+    for spec in specs:
+        if spec.kind == "run" and needs_slabs(spec):
+            payload = load_checkpoint(resolve_model_file(spec.path), map_location="cpu")
+            return Path(run_fold_settings(payload["train_config"])[0])
+    raise SpineSegDiffError("an nnU-Net 3d system segments sagittal slabs: give --slab-cache, a cache of all "
+                            "slices (spinesegdiff preprocess --all-slices)")
+
+
+def _held_out_slabs(source: Path, held_out: HeldOutSlices) -> Slabs:
+    """The held-out scans' slabs from the cache at ``source``, checked against the held-out slices."""
+    from spinesegdiff.data.cache import load_cache
+    from spinesegdiff.data.slabs import slabs_from_cache
+
+    slabs = slabs_from_cache(load_cache(source), cases=held_out.cases)
+    central, _ = slabs.central_slices()
+    if not np.array_equal(central, held_out.images()):
+        raise SpineSegDiffError(f"{source}: its central slices differ from the held-out slices evaluated; build "
+                                "both caches from the same data with the same settings")
+    return slabs
+
+
 def _predict_fold(specs: Sequence[SystemSpec], held_out: HeldOutSlices, folder: Path, *, settings, device: str,
-                  reuse: bool, quiet: bool) -> FoldPredictions:
+                  reuse: bool, quiet: bool, slab_cache: Path | None = None) -> FoldPredictions:
     """Every system's predictions on one fold (saved in ``folder``), with that fold's slices."""
     cases, fold = held_out.cases, held_out.fold
     images = held_out.images()
     predictions = []
+    slabs = None
     for spec in specs:
         if reuse and (folder / f"{spec.name}.npz").is_file():
             prediction = PredictionSet.load(folder, spec.name)
@@ -69,8 +102,10 @@ def _predict_fold(specs: Sequence[SystemSpec], held_out: HeldOutSlices, folder: 
         else:
             if not quiet:
                 print(f"predicting with {spec.name} on {len(cases)} held-out slices of fold {fold} ...", flush=True)
+            if slabs is None and needs_slabs(spec):
+                slabs = _held_out_slabs(_slab_source(specs, slab_cache), held_out)
             prediction = predict_system(spec, images, cases, fold=fold, device=device, settings=settings,
-                                        quiet=quiet)
+                                        quiet=quiet, slabs=slabs)
             prediction.save(folder)
         predictions.append(prediction)
     slices = {"images": {c: held_out.image(k) for k, c in enumerate(cases)},
@@ -81,13 +116,16 @@ def _predict_fold(specs: Sequence[SystemSpec], held_out: HeldOutSlices, folder: 
 
 def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | None = None,
                    ablation_files: Sequence[Path] = (), settings=None, device: str = "auto", reuse: bool = False,
-                   folds: Sequence[int] | None = None, commands: Sequence[str] = (), quiet: bool = False) -> Path:
+                   folds: Sequence[int] | None = None, commands: Sequence[str] = (), quiet: bool = False,
+                   slab_cache: Path | None = None) -> Path:
     """Predict (or reuse ``out/predictions``), score and report; returns the HTML report's path.
 
     Args:
         metadata: a folder with ``radiological_gradings.csv`` for the pathology analysis (``None``: no analysis).
         folds: ``None`` evaluates the runs' own held-out fold; a list of folds pools each fold's held-out
             predictions (``{fold}`` in a system's paths names that fold's run).
+        slab_cache: a cache of all slices (``--all-slices``) for the 3D systems' slabs (``None``: a Diff-UNet 3D
+            run's own training cache).
     """
     import json
 
@@ -109,7 +147,7 @@ def run_evaluation(specs: Sequence[SystemSpec], out: Path, *, metadata: Path | N
         folder = out / "predictions" if fold is None else out / "predictions" / f"fold{fold}"
         plan.append((fold_specs, _checked_fold(fold_specs, fold), folder))
     per_fold = [_predict_fold(fold_specs, reference, folder, settings=settings, device=device, reuse=reuse,
-                              quiet=quiet) for fold_specs, reference, folder in plan]
+                              quiet=quiet, slab_cache=slab_cache) for fold_specs, reference, folder in plan]
     predictions = [PredictionSet.concatenate([part.predictions[index] for part in per_fold])
                    for index in range(len(specs))]
     slices = {key: {case: value for part in per_fold for case, value in part.slices[key].items()}

@@ -7,7 +7,13 @@ A system is named on the command line as ``NAME=SPEC``:
 * ``NAME=RUN,preseg=unet:UNET_RUN,t_pre=30``: a diffusion run refining a presegmenter's mask from ``T_pre``
   (S = 4 and one DDIM step per 30 noise steps by default)
   (``preseg=nnunet:FOLDER`` for an nnU-Net presegmenter);
-* ``NAME=nnunet:FOLDER``: an nnU-Net v2 2d model folder (its ``fold_<k>`` of the evaluated fold);
+* ``NAME=nnunet:FOLDER``: an nnU-Net v2 model folder (its ``fold_<k>`` of the evaluated fold); a ``2d`` folder
+  segments the held-out slices, a ``3d_fullres`` one each held-out scan's sagittal slab (scored on its central
+  slice);
+* a run of the ``diffunet3d`` variant (Diff-UNet 3D) samples each held-out scan's slab from pure noise and is
+  scored on the central slice. The slabs come from ``evaluate --slab-cache`` or else from the 3D run's own
+  training cache (:mod:`spinesegdiff.data.slabs`); a slab is 9 slices around the midline, not the whole volume
+  of the paper's 3D rows;
 * ``fusion=exp|uncertainty`` overrides a diffusion run's fusion of the last steps (``uncertainty`` is Diff-UNet
   2D's, which shares SpineSegDiff's network and training).
 
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spinesegdiff.data.slabs import Slabs
 from spinesegdiff.errors import SpineSegDiffError
 from spinesegdiff.evaluation.held_out import segment_timed
 from spinesegdiff.evaluation.recording import recorded_path
@@ -180,14 +187,85 @@ def _diffusion_system(spec: SystemSpec, images: np.ndarray, *, target: str, devi
     return probs, result.uncertainty, timed.seconds, description
 
 
+SLAB_VARIANTS: tuple[str, ...] = ("diffunet3d",)
+"""Run variants that segment sagittal slabs rather than slices."""
+
+
+def _run_variant(run: Path) -> str:
+    from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
+
+    return str(load_checkpoint(resolve_model_file(run), map_location="cpu")["model_config"]["variant"])
+
+
+def needs_slabs(spec: SystemSpec) -> bool:
+    """Whether the system segments each scan's sagittal slab (nnU-Net 3d, Diff-UNet 3D) instead of its slice."""
+    if spec.kind == "nnunet":
+        from spinesegdiff.pipelines.nnunet import folder_configuration
+
+        configuration = folder_configuration(spec.path)
+        return configuration is not None and configuration.startswith("3d")
+    return spec.preseg is None and _run_variant(spec.path) in SLAB_VARIANTS
+
+
+def _slab_system(spec: SystemSpec, slabs: Slabs, *, fold: int, target: str, settings: SamplerSettings | None):
+    """``(class probabilities, uncertainty, seconds, description)`` of a 3D system on each slab's central slice
+    (``(N, 4, H, W)`` summing to 1, ``(N, H, W)`` in ``[0, 1]``); a diffusion run is warmed up untimed."""
+    if spec.kind == "nnunet":
+        from spinesegdiff.pipelines.nnunet import NnUNetSlabSegmenter
+
+        segmenter = NnUNetSlabSegmenter(spec.path, fold=fold, device=target)
+        timed = segment_timed(lambda _: segmenter(slabs.images, slabs.central), slabs.images, per_slice=False)
+        probs = np.asarray(timed.outputs[0], dtype=np.float32)
+        description = {"system": f"nnU-Net v2 3d_fullres on {slabs.depth}-slice sagittal slabs",
+                       "folder": recorded_path(spec.path), "fold": fold}
+        return probs, _single_pass_uncertainty(probs), timed.seconds, description
+    from spinesegdiff.pipelines.slab_sampling import segment_slabs
+
+    resolved = (settings or SamplerSettings()).resolved(refining=False)
+    options = {"num_samples": resolved.num_samples, "num_steps": resolved.num_steps,
+               "fuse_steps": resolved.fuse_steps, "seed": resolved.seed, "device": target}
+    timed = segment_timed(lambda _: segment_slabs(spec.path, slabs.images, slabs.central, **options),
+                          slabs.images, per_slice=False, warm_up=True)
+    structure_probs, uncertainty = timed.outputs[0]
+    probs = class_probabilities(torch.from_numpy(np.asarray(structure_probs, dtype=np.float32)),
+                                "normalise").numpy()
+    description = {"system": f"diffusion (diffunet3d) on {slabs.depth}-slice sagittal slabs",
+                   "run": recorded_path(spec.path),
+                   "sampler": {key: value for key, value in options.items() if key != "device"}}
+    return probs, uncertainty, timed.seconds, description
+
+
 def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fold: int, device: str = "auto",
-                   settings: SamplerSettings | None = None, quiet: bool = True) -> PredictionSet:
-    """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold, all slices in one timed call."""
+                   settings: SamplerSettings | None = None, quiet: bool = True,
+                   slabs: Slabs | None = None) -> PredictionSet:
+    """Run one system on ``(N, 320, 320)`` uint8 slices of the evaluated fold, all slices in one timed call.
+
+    A 3D system (:func:`needs_slabs`) segments ``slabs`` instead, the held-out scans' slabs in the order of
+    ``cases``, whose central slices are ``images``.
+    """
     from spinesegdiff.devices import resolve_device
+
+    target = str(resolve_device(device, quiet=True))
+    if needs_slabs(spec):
+        if slabs is None or slabs.cases != list(cases):
+            raise SpineSegDiffError(f"system {spec.name}: segments sagittal slabs; give evaluate a cache of all "
+                                    "slices (--slab-cache, built by spinesegdiff preprocess --all-slices)")
+        probs, uncertainty, seconds, description = _slab_system(spec, slabs, fold=fold, target=target,
+                                                                settings=settings)
+    else:
+        probs, uncertainty, seconds, description = _slice_system(spec, images, fold=fold, target=target,
+                                                                 device=device, settings=settings, quiet=quiet)
+    return PredictionSet(spec.name, list(cases), np.asarray(probs).argmax(axis=1).astype(np.uint8),
+                         np.asarray(probs, dtype=np.float16), np.asarray(uncertainty, dtype=np.float16),
+                         seconds / max(1, len(images)), description)
+
+
+def _slice_system(spec: SystemSpec, images: np.ndarray, *, fold: int, target: str, device: str,
+                  settings: SamplerSettings | None, quiet: bool):
+    """``(class probabilities, uncertainty, seconds, description)`` of a 2D system on ``(N, 320, 320)`` slices."""
     from spinesegdiff.models.checkpoint import load_model, resolve_model_file
     from spinesegdiff.pipelines.presegmenters import UNetPresegmenter
 
-    target = str(resolve_device(device, quiet=True))
     single_pass = None
     if spec.kind == "nnunet":
         from spinesegdiff.pipelines.nnunet import NnUNetPresegmenter
@@ -199,13 +277,8 @@ def predict_system(spec: SystemSpec, images: np.ndarray, cases: list[str], *, fo
         if config.variant == "unet":
             single_pass = UNetPresegmenter(net, device=target)
             description = {"system": "built-in U-Net", "run": recorded_path(spec.path)}
-    if single_pass is not None:
-        timed = segment_timed(single_pass, images, per_slice=False)
-        probs, seconds = timed.outputs[0], timed.seconds
-        uncertainty = _single_pass_uncertainty(probs)
-    else:
-        probs, uncertainty, seconds, description = _diffusion_system(spec, images, target=target, device=device,
-                                                                     settings=settings, quiet=quiet)
-    return PredictionSet(spec.name, list(cases), np.asarray(probs).argmax(axis=1).astype(np.uint8),
-                         np.asarray(probs, dtype=np.float16), np.asarray(uncertainty, dtype=np.float16),
-                         seconds / max(1, len(images)), description)
+    if single_pass is None:
+        return _diffusion_system(spec, images, target=target, device=device, settings=settings, quiet=quiet)
+    timed = segment_timed(single_pass, images, per_slice=False)
+    probs = timed.outputs[0]
+    return probs, _single_pass_uncertainty(probs), timed.seconds, description

@@ -16,6 +16,7 @@ _HOMES = {
     "DIFFUSION_VARIANTS": "config",
     "NORMS": "config",
     "PRESETS": "config",
+    "SLAB_VARIANTS": "config",
     "VARIANTS": "config",
     "ModelConfig": "config",
     "preset_config": "config",
@@ -27,18 +28,21 @@ _HOMES = {
     "SegmentationUNet": "segmentation_unet",
     "ImageEncoder": "spinesegdiff_net",
     "SpineSegDiffNet": "spinesegdiff_net",
+    "SpineSegDiffNet3d": "spinesegdiff_net3d",
 }
 
 __all__ = [
     "DIFFUSION_VARIANTS",
     "NORMS",
     "PRESETS",
+    "SLAB_VARIANTS",
     "VARIANTS",
     "IISDMNet",
     "ImageEncoder",
     "ModelConfig",
     "SegmentationUNet",
     "SpineSegDiffNet",
+    "SpineSegDiffNet3d",
     "build_model",
     "count_parameters",
     "is_diffusion_model",
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
         DIFFUSION_VARIANTS,
         NORMS,
         PRESETS,
+        SLAB_VARIANTS,
         VARIANTS,
         ModelConfig,
         preset_config,
@@ -64,6 +69,7 @@ if TYPE_CHECKING:
     from spinesegdiff.models.iisdm_net import IISDMNet
     from spinesegdiff.models.segmentation_unet import SegmentationUNet
     from spinesegdiff.models.spinesegdiff_net import ImageEncoder, SpineSegDiffNet
+    from spinesegdiff.models.spinesegdiff_net3d import SpineSegDiffNet3d
 
 
 def __getattr__(name: str):

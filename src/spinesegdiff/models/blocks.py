@@ -1,7 +1,9 @@
 """Building blocks shared by the networks: timestep embeddings, normalisation, residual blocks, attention.
 
 Every block works on ``(N, C, H, W)`` float tensors; ``temb`` is the ``(N, D)`` output of
-:class:`TimestepEmbedding`.
+:class:`TimestepEmbedding`. :func:`make_norm`, :class:`ConvNormAct` and :class:`ResidualBlock` also build the
+volumetric versions (``dims=3``: ``(N, C, D, H, W)`` tensors, 3x3x3 convolutions) of Diff-UNet 3D; ``dims=2``,
+the default, builds exactly the modules (and parameter names) of the 2D networks.
 """
 
 from __future__ import annotations
@@ -49,24 +51,45 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """``"instance"``: affine instance norm; ``"group"``: group norm with ``gcd(32, channels)`` groups."""
+SPATIAL_DIMS: tuple[int, ...] = (2, 3)
+"""Spatial dimensions the blocks can be built for: 2 (slices) and 3 (slabs)."""
+
+
+def convolution_class(dims: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
+    """``nn.Conv2d`` for ``dims=2``, ``nn.Conv3d`` for ``dims=3``."""
+    if dims not in SPATIAL_DIMS:
+        raise ValueError(f"dims must be one of {SPATIAL_DIMS}, got {dims!r}")
+    return nn.Conv2d if dims == 2 else nn.Conv3d
+
+
+def make_norm(kind: str, channels: int, *, dims: int = 2) -> nn.Module:
+    """``"instance"``: affine instance norm (2D or 3D per ``dims``); ``"group"``: group norm with
+    ``gcd(32, channels)`` groups."""
+    if dims not in SPATIAL_DIMS:
+        raise ValueError(f"dims must be one of {SPATIAL_DIMS}, got {dims!r}")
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return nn.InstanceNorm2d(channels, affine=True) if dims == 2 else nn.InstanceNorm3d(channels, affine=True)
     if kind == "group":
         return nn.GroupNorm(math.gcd(32, channels), channels)
     raise ValueError(f"norm must be 'instance' or 'group', got {kind!r}")
 
 
 class ConvNormAct(nn.Module):
-    """3x3 convolution -> norm -> LeakyReLU -> dropout (spatial size kept)."""
+    """3x3 (``dims=3``: 3x3x3) convolution -> norm -> LeakyReLU -> dropout (spatial size kept)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, norm: str, negative_slope: float, dropout: float
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        norm: str,
+        negative_slope: float,
+        dropout: float,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.norm = make_norm(norm, out_channels)
+        self.conv = convolution_class(dims)(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = make_norm(norm, out_channels, dims=dims)
         self.act = nn.LeakyReLU(negative_slope)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -78,7 +101,8 @@ class ResidualBlock(nn.Module):
     """Two :class:`ConvNormAct` with the timestep embedding added after the first, plus a shortcut.
 
     ``out = conv2(conv1(x) + Linear(SiLU(temb))) + shortcut(x)``, the shortcut a 1x1 convolution when the
-    channel count changes. With ``time_dim=None`` the block has no time input (image encoder).
+    channel count changes. With ``time_dim=None`` the block has no time input (image encoder). ``dims``: 2 for
+    ``(N, C, H, W)`` inputs, 3 for ``(N, C, D, H, W)`` (3x3x3 convolutions).
     """
 
     def __init__(
@@ -90,21 +114,22 @@ class ResidualBlock(nn.Module):
         norm: str,
         negative_slope: float,
         dropout: float,
+        dims: int = 2,
     ) -> None:
         super().__init__()
         self.conv1 = ConvNormAct(
-            in_channels, out_channels, norm=norm, negative_slope=negative_slope, dropout=0.0
+            in_channels, out_channels, norm=norm, negative_slope=negative_slope, dropout=0.0, dims=dims
         )
         self.time_proj = (
             None if time_dim is None else nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels))
         )
         self.conv2 = ConvNormAct(
-            out_channels, out_channels, norm=norm, negative_slope=negative_slope, dropout=dropout
+            out_channels, out_channels, norm=norm, negative_slope=negative_slope, dropout=dropout, dims=dims
         )
         self.shortcut = (
             nn.Identity()
             if in_channels == out_channels
-            else nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            else convolution_class(dims)(in_channels, out_channels, kernel_size=1)
         )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,7 +137,8 @@ class ResidualBlock(nn.Module):
         if self.time_proj is not None:
             if temb is None:
                 raise ValueError("this block needs a timestep embedding")
-            h = h + self.time_proj(temb)[:, :, None, None]
+            shift = self.time_proj(temb)
+            h = h + shift.view(*shift.shape, *(1,) * (h.ndim - 2))  # one value per sample and channel
         return self.conv2(h) + self.shortcut(x)
 
 
@@ -192,10 +218,12 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def check_spatial_size(tensor: torch.Tensor, divisor: int, name: str) -> None:
-    """``ValueError`` unless ``tensor`` is ``(N, C, H, W)`` with ``H`` and ``W`` multiples of ``divisor``."""
-    if tensor.ndim != 4:
-        raise ValueError(f"{name} must be 4D (N, C, H, W), but it is {tensor.ndim}D")
+def check_spatial_size(tensor: torch.Tensor, divisor: int, name: str, *, dims: int = 2) -> None:
+    """``ValueError`` unless ``tensor`` is ``(N, C, H, W)`` (``dims=3``: ``(N, C, D, H, W)``, any ``D``) with
+    ``H`` and ``W`` multiples of ``divisor``."""
+    if tensor.ndim != dims + 2:
+        layout = "(N, C, H, W)" if dims == 2 else "(N, C, D, H, W)"
+        raise ValueError(f"{name} must be {dims + 2}D {layout}, but it is {tensor.ndim}D")
     height, width = tensor.shape[-2:]
     if height % divisor or width % divisor:
         raise ValueError(

@@ -13,8 +13,9 @@ tested with a fake network. Spaces:
   maximum over the fused steps of their normalised entropy.
 
 Batch layout: the ``S`` samples of image ``b`` are rows ``b * S .. b * S + S - 1`` of the sample batch
-(``repeat_interleave`` order). Put the network in ``eval()`` mode before sampling (dropout would otherwise add
-noise); sampling runs under ``torch.no_grad``.
+(``repeat_interleave`` order). Images are slices ``(B, C, H, W)``; the samplers take slabs ``(B, C, D, H, W)``
+(Diff-UNet 3D) alike, every per-pixel output then gaining the ``D`` axis before ``H, W``. Put the network in
+``eval()`` mode before sampling (dropout would otherwise add noise); sampling runs under ``torch.no_grad``.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def _summarise(
     fused = fuse_step_means(step_means, fusion=fusion)
     classes = class_probabilities(fused, class_method)
     step_classes = class_probabilities(step_means.flatten(0, 1), class_method)
-    step_entropy = rescaled_entropy(step_classes, class_method).view(steps, batch, *step_means.shape[-2:])
+    step_entropy = rescaled_entropy(step_classes, class_method).view(steps, batch, *step_means.shape[3:])
     return SegmentationResult(
         probabilities=fused,
         class_probabilities=classes,
@@ -282,8 +283,8 @@ def _check_arguments(
     start_timestep: int | None,
 ) -> list[int]:
     """Validate the sampler arguments, set the scheduler's timesteps and return them (descending)."""
-    if image.ndim != 4:
-        raise ValueError(f"image must be 4D (B, C, H, W), but it is {image.ndim}D")
+    if image.ndim not in (4, 5):
+        raise ValueError(f"image must be 4D (B, C, H, W) or 5D (B, C, D, H, W), but it is {image.ndim}D")
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     if prediction_type not in ("sample", "epsilon"):
@@ -300,7 +301,7 @@ def _check_arguments(
     if (start_mask is None) != (start_timestep is None):
         raise ValueError("start_mask and start_timestep go together: give both (refinement) or neither")
     if start_mask is not None:
-        expected = (image.shape[0], mask_channels, *image.shape[-2:])
+        expected = (image.shape[0], mask_channels, *image.shape[2:])
         if tuple(start_mask.shape) != expected:
             raise ValueError(f"start_mask must have shape {expected}, got {tuple(start_mask.shape)}")
         if float(start_mask.min()) < 0.0 or float(start_mask.max()) > 1.0:
@@ -416,7 +417,8 @@ def sample_segmentation(
 
     Args:
         net: the denoiser (see :class:`DenoisingNetwork`).
-        image: ``(B, image_channels, H, W)`` in ``[-1, 1]``, on the network's device.
+        image: ``(B, image_channels, H, W)`` in ``[-1, 1]``, on the network's device (a slab network takes
+            ``(B, image_channels, D, H, W)``, and the result's maps are slabs too).
         scheduler: a :class:`~spinesegdiff.diffusion.DDIMScheduler`; its timesteps are set here.
         num_samples: ``S``.
         num_steps: DDIM steps (network calls); by default 50 for a full run, and every timestep from
@@ -447,9 +449,8 @@ def sample_segmentation(
         start_mask=start_mask,
         start_timestep=start_timestep,
     )
-    batch, _, height, width = image.shape
-    samples = batch * num_samples
-    shape = (samples, mask_channels, height, width)
+    samples = image.shape[0] * num_samples
+    shape = (samples, mask_channels, *image.shape[2:])
     noise = _standard_normal(shape, generator, image.device, image.dtype)
     x = _starting_sample(noise, start_mask, timesteps[0], scheduler, num_samples)
 
@@ -507,8 +508,8 @@ def sample_reference_procedure(
         start_mask=start_mask,
         start_timestep=start_timestep,
     )
-    batch, _, height, width = image.shape
-    shape = (batch, num_samples, mask_channels, height, width)
+    batch = image.shape[0]
+    shape = (batch, num_samples, mask_channels, *image.shape[2:])
     noise = _standard_normal((batch * num_samples, *shape[2:]), generator, image.device, image.dtype).view(
         shape
     )

@@ -7,6 +7,10 @@ for), noises the one-hot mask ``x0 = 2 * onehot - 1`` to a random step ``t``, an
 DDIM sampler; the best validation mean Dice is kept in ``best.pt``, the latest state in ``last.pt`` (both
 resumable).
 
+A slab network (Diff-UNet 3D, :data:`~spinesegdiff.models.config.SLAB_VARIANTS`) trains the same way on the
+fold's sagittal slabs (:mod:`spinesegdiff.training.slab_batches`): images ``(B, 1, D, H, W)``, one-hot masks
+``(B, 3, D, H, W)``, the same loss, and validation Dice on the slabs' central slices.
+
 A run stopped early (``max_minutes``, ``stop_after_steps``) saves its place within the epoch and its random
 states, so a resumed run continues exactly where it stopped: it ends with the weights of an uninterrupted run.
 
@@ -51,7 +55,8 @@ from spinesegdiff.training.setup import (
     set_up_run,
     stop_processes,
 )
-from spinesegdiff.training.validation import batch_tensors, validate
+from spinesegdiff.training.slab_batches import slab_training_batch
+from spinesegdiff.training.validation import batch_tensors, validate, validate_slabs
 
 __all__ = ["TrainConfig", "batch_tensors", "make_scheduler", "make_train_config", "one_hot_x0", "train",
            "training_loss"]
@@ -193,13 +198,18 @@ def save_training_checkpoint(path: Path, config: TrainConfig, run: Run, state: T
 
 def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfig, run: Run, *,
                    presegmenter: CrossFittedPresegmenter | None, lr: float) -> float:
-    """One optimiser step on a fresh batch (augmented; presegmented for refinement); returns the loss."""
-    settings, device, train_slices = config.optimisation, run.device, run.data.train
+    """One optimiser step on a fresh batch of slices or slabs (augmented; presegmented for refinement); returns
+    the loss."""
+    settings, device = config.optimisation, run.device
+    train_items = run.data.train if run.slabs is None else list(range(len(run.slabs.train)))
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    chosen = np.sort(state.sampler_rng.choice(train_slices, size=settings.batch_size,
-                                              replace=len(train_slices) < settings.batch_size))
-    image, labels = training_batch(run.cache, chosen, device, config.augment, state.generator, run.neighbours)
+    chosen = np.sort(state.sampler_rng.choice(train_items, size=settings.batch_size,
+                                              replace=len(train_items) < settings.batch_size))
+    if run.slabs is None:
+        image, labels = training_batch(run.cache, chosen, device, config.augment, state.generator, run.neighbours)
+    else:
+        image, labels = slab_training_batch(run.slabs.train, chosen, device, config.augment, state.generator)
     refine: dict[str, torch.Tensor] = {}
     if presegmenter is not None:
         patients = [run.cache.entries[i].patient for i in chosen]
@@ -234,8 +244,12 @@ def _end_of_epoch(config: TrainConfig, run: Run, state: TrainState, *, losses: l
                               "minutes": minutes}
     improved = True  # without validation patients the latest EMA is the best there is
     if run.data.validation:
-        dice = validate(state.ema, run.cache, run.data.validation, scheduler=run.scheduler, config=config,
-                        device=run.device, presegmenter=presegmenter)
+        if run.slabs is None:
+            dice = validate(state.ema, run.cache, run.data.validation, scheduler=run.scheduler, config=config,
+                            device=run.device, presegmenter=presegmenter)
+        else:
+            dice = validate_slabs(state.ema, run.slabs.validation, scheduler=run.scheduler, config=config,
+                                  device=run.device)
         record["val_dice"] = dice.mean(axis=0).round(4).tolist()
         record["val_mdice"] = round(float(dice.mean()), 4)
         improved = record["val_mdice"] > state.best_metric
@@ -315,7 +329,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False,
 
     run = set_up_run(config, resume=resume, progress=progress)
     epochs = config.optimisation.epochs
-    steps_per_epoch = max(1, math.ceil(len(run.data.train) / (config.optimisation.batch_size * run.world)))
+    steps_per_epoch = max(1, math.ceil(run.num_training_items / (config.optimisation.batch_size * run.world)))
     with torch.random.fork_rng(devices=_fork_devices()):
         torch.manual_seed(config.optimisation.seed)  # same initial weights on every rank
         net = build_network(config, run, resume=resume)

@@ -25,12 +25,14 @@ from spinesegdiff.models.checkpoint import load_checkpoint, resolve_model_file
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
 from spinesegdiff.training.batches import SliceNeighbours, run_neighbours
 from spinesegdiff.training.config import TrainConfig
+from spinesegdiff.training.slab_batches import SlabData, check_slab_augmentation, fold_slabs
 
 
 @dataclass(frozen=True)
 class Run:
     """What a training process works with: where it runs, what it writes, the data (and, for thick-slice
-    augmentation, each cached slice's neighbours), the network's configuration and the noise scheduler."""
+    augmentation, each cached slice's neighbours; for a slab network, the fold's slabs), the network's
+    configuration and the noise scheduler."""
 
     device: torch.device
     rank: int
@@ -41,10 +43,16 @@ class Run:
     model_config: ModelConfig
     scheduler: DDIMScheduler
     neighbours: SliceNeighbours | None = None
+    slabs: SlabData | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def num_training_items(self) -> int:
+        """What an epoch goes through once: training slabs for a slab network, else training slices."""
+        return len(self.slabs.train) if self.slabs is not None else len(self.data.train)
 
     @property
     def diffusion(self) -> bool:
@@ -103,8 +111,8 @@ def _open_run_folder(out: Path, *, resume: bool) -> None:
 
 
 def set_up_run(config: TrainConfig, *, resume: bool, progress: bool) -> Run:
-    """Start the processes, check the run folder, open the data (rank 0 caches a SPIDER folder first) and write
-    ``config.json`` and ``splits_final.json``."""
+    """Start the processes, check the run folder, open the data (rank 0 caches a SPIDER folder first; a slab
+    network's slabs are stacked from it) and write ``config.json`` and ``splits_final.json``."""
     device, rank, world = _start_processes(config, progress=progress)
     out = Path(config.out)
     _open_run_folder(out, resume=resume)
@@ -117,13 +125,21 @@ def set_up_run(config: TrainConfig, *, resume: bool, progress: bool) -> Run:
     if not data.train:
         raise InputError(config.data, "no training slices for this fold")
     model_config = config.model_config()
+    slabs = None
+    if model_config.spatial_dims == 3:
+        try:
+            check_slab_augmentation(config.augment)
+        except ValueError as err:
+            raise SpineSegDiffError(f"{model_config.variant}: {err}") from err
+        slabs = fold_slabs(cache, data)
     if rank == 0:
         atomic_write_text(out / "config.json", json.dumps(
             {"train": config.to_dict(), "model": model_config.to_dict(), "scheduler": config.scheduler.to_dict()},
             indent=2, default=str))
         save_split(data.split, out / "splits_final.json")
     return Run(device=device, rank=rank, world=world, out=out, cache=cache, data=data, model_config=model_config,
-               scheduler=make_scheduler(config, model_config), neighbours=run_neighbours(cache, config.augment))
+               scheduler=make_scheduler(config, model_config), neighbours=run_neighbours(cache, config.augment),
+               slabs=slabs)
 
 
 def build_network(config: TrainConfig, run: Run, *, resume: bool) -> torch.nn.Module:
@@ -164,6 +180,8 @@ def run_presegmenter(config: TrainConfig, run: Run) -> CrossFittedPresegmenter |
         return None
     if not run.diffusion:
         raise SpineSegDiffError("presegmentation refinement trains a diffusion variant, not a U-Net")
+    if run.slabs is not None:
+        raise SpineSegDiffError("presegmentation refinement trains a 2D diffusion variant, not a slab network")
     presegmenter = load_crossfitted_presegmenter(config, run.cache, run.device)
     try:
         presegmenter.check_covers([run.cache.entries[i].patient for i in [*run.data.train, *run.data.validation]])

@@ -1,4 +1,5 @@
-"""Validation during training: Dice of the EMA network on the validation patients' central slices."""
+"""Validation during training: Dice of the EMA network on the validation patients' central slices (of their
+slabs, for a slab network)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import numpy as np
 import torch
 
 from spinesegdiff.data.cache import SliceCache
+from spinesegdiff.data.slabs import Slabs
 from spinesegdiff.diffusion import DDIMScheduler
 from spinesegdiff.evaluation.metrics import dice_per_class
 from spinesegdiff.models import is_diffusion_model
 from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
 from spinesegdiff.pipelines.sampling import sample_segmentation
+from spinesegdiff.pipelines.slab_sampling import sample_central_slices
 from spinesegdiff.training.config import TrainConfig
+from spinesegdiff.training.slab_batches import slab_tensors
 
 
 def batch_tensors(cache: SliceCache, indices: np.ndarray | list[int], device: torch.device,
@@ -63,4 +67,29 @@ def validate(net: torch.nn.Module, cache: SliceCache, indices: list[int], *, sch
                                              generator=generator, presegmenter=presegmenter)
         for predicted, truth in zip(predicted_labels.cpu().numpy(), labels.cpu().numpy(), strict=True):
             scores.append(dice_per_class(predicted, truth))
+    return np.asarray(scores).reshape(-1, 3)
+
+
+@torch.no_grad()
+def validate_slabs(net: torch.nn.Module, slabs: Slabs, *, scheduler: DDIMScheduler, config: TrainConfig,
+                   device: torch.device, batch: int = 2) -> np.ndarray:
+    """Per-slab Dice ``(N, 3)`` (SC, VB, IVD) of a slab network's central slices against their labels.
+
+    The slabs are sampled from noise (:func:`~spinesegdiff.pipelines.slab_sampling.sample_central_slices`) with
+    the validation settings and a generator seeded by the run's seed, as :func:`validate` does for slices.
+    """
+    settings = config.validation
+    generator = torch.Generator(device=device).manual_seed(config.optimisation.seed)
+    scores = []
+    for start in range(0, len(slabs), batch):
+        rows = np.arange(start, min(start + batch, len(slabs)))
+        images, labels = slab_tensors(slabs, rows, device)
+        central = torch.from_numpy(slabs.central[rows]).to(device)
+        result = sample_central_slices(net, images[:, None] * 2 - 1, central, scheduler=scheduler,
+                                       num_samples=settings.val_samples, num_steps=settings.val_steps,
+                                       fuse_steps=min(settings.val_fuse_steps, settings.val_steps),
+                                       generator=generator)
+        truth = labels[torch.arange(len(rows), device=device), central]
+        for predicted, expected in zip(result.labels.cpu().numpy(), truth.cpu().numpy(), strict=True):
+            scores.append(dice_per_class(predicted, expected))
     return np.asarray(scores).reshape(-1, 3)
