@@ -15,7 +15,7 @@ from spinesegdiff.data.folds import fold_data
 from spinesegdiff.data.slabs import slabs_from_cache
 from spinesegdiff.diffusion import DDIMScheduler, make_schedule
 from spinesegdiff.errors import InputError
-from spinesegdiff.models import SpineSegDiffNet3d, build_model, preset_config
+from spinesegdiff.models import ModelConfig, SpineSegDiffNet3d, build_model, preset_config
 from spinesegdiff.models.checkpoint import load_checkpoint, load_model
 from spinesegdiff.pipelines.slab_sampling import sample_central_slices, segment_slabs
 from spinesegdiff.training.config import TrainConfig
@@ -244,3 +244,15 @@ def test_slab_runs_hold_out_the_2d_runs_patients(slab_cache, tmp_path: Path) -> 
     assert set(run.slabs.validation.cases) == {slab_cache.entries[i].case for i in data.validation}
     test_patients = {slab_cache.entries[i].patient for i in data.test}
     assert test_patients and not test_patients & set(run.slabs.train.patients + run.slabs.validation.patients)
+
+
+def test_the_slice_segmenter_refuses_a_slab_model_in_one_line(tmp_path: Path) -> None:
+    from spinesegdiff.models.checkpoint import save_checkpoint
+    from spinesegdiff.pipelines.segmenter import Segmenter
+
+    config = ModelConfig(**TINY_SLAB_MODEL)
+    path = save_checkpoint(tmp_path / "slab.pt", {
+        "model_config": config.to_dict(), "scheduler": {"schedule": "linear", "num_train_timesteps": 1000},
+        "model": None, "ema": build_model(config).state_dict()})
+    with pytest.raises(InputError, match="diffunet3d model of 9-slice sagittal slabs"):
+        Segmenter.from_checkpoint(path, device="cpu")

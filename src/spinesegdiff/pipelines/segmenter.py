@@ -21,8 +21,13 @@ from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion.config import SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model, resolve_model_file
-from spinesegdiff.models.config import ModelConfig
+from spinesegdiff.models.checkpoint import (
+    checkpoint_scheduler,
+    load_checkpoint,
+    load_model,
+    resolve_model_file,
+)
+from spinesegdiff.models.config import SLAB_VARIANTS, ModelConfig
 from spinesegdiff.pipelines.presegmenters import Presegmenter
 from spinesegdiff.pipelines.results import SliceSegmentation
 from spinesegdiff.pipelines.settings import (  # noqa: F401 (re-exported: the settings' former home)
@@ -107,6 +112,15 @@ def checked_settings(settings: SamplerSettings | None, presegmenter: Presegmente
     return settings.resolved(refining=presegmenter is not None)
 
 
+def _refuse_slab_model(path: Path) -> None:
+    """Raise :class:`InputError` for a slab network (Diff-UNet 3D): it segments sagittal slabs in
+    ``spinesegdiff evaluate``, not the slices this segmenter takes."""
+    variant = load_checkpoint(path, map_location="cpu").get("model_config", {}).get("variant")
+    if variant in SLAB_VARIANTS:
+        raise InputError(path, f"is a {variant} model of 9-slice sagittal slabs; it is scored by spinesegdiff "
+                               "evaluate (--slab-cache), and cannot segment slices or scans here")
+
+
 class Segmenter:
     """A trained network plus its scheduler and sampling settings.
 
@@ -181,6 +195,7 @@ class Segmenter:
         else:
             path = resolve_model_file(model)
             name = str(path)
+            _refuse_slab_model(path)
         from spinesegdiff.pipelines.backends.compiled_segmenter import compiled_segmenter
 
         compiled = compiled_segmenter(path, name, device=device, settings=settings, quiet=quiet,
