@@ -1,10 +1,11 @@
 """Train real nnU-Net v2 on one fold of our patient split (issue 14, rows "nnU-Net 2D" and "nnU-Net 3D").
 
 Three stages, each timed: export (``2d``: each scan's central slice; ``3d_fullres``: each scan's sagittal slab
-from a ``--slices all`` cache), nnU-Net's planning and preprocessing, and training of one fold on a shortened
-schedule (``--epochs`` x ``--iterations``; nnU-Net's own is 1000 x 250). The folds are the other systems': the
-5-fold patient split of seed 12345 made from the cache's cases (or ``--split-file``, a run's
-``splits_final.json``), so nnU-Net's ``val`` fold is the held-out test fold of our runs.
+from a cache built with ``spinesegdiff preprocess --all-slices``), nnU-Net's planning and preprocessing, and
+training of one fold on a shortened schedule (``--epochs`` x ``--iterations``; nnU-Net's own is 1000 x 250).
+The folds are the other systems': the 5-fold patient split of seed 12345 made from the cache's cases (or
+``--split-file``, a run's ``splits_final.json``), so nnU-Net's ``val`` fold is the held-out test fold of our
+runs.
 
     python benchmarks/train_nnunet.py --cache cache/t2space-all --root /tmp/nnunet3d \\
         --configuration 3d_fullres --fold 0 --epochs 40 --iterations 20 --device auto
@@ -27,7 +28,7 @@ CONFIGURATIONS = ("2d", "3d_fullres")  # as spinesegdiff.training.nnunet.CONFIGU
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, required=True,
-                        help="slice cache (built with --slices all for 3d_fullres)")
+                        help="slice cache (spinesegdiff preprocess --all-slices for 3d_fullres)")
     parser.add_argument("--root", type=Path, required=True, help="work folder for nnU-Net's raw, preprocessed "
                                                                  "and results folders")
     parser.add_argument("--configuration", choices=CONFIGURATIONS, default="3d_fullres")

@@ -1,6 +1,6 @@
 """Sagittal slabs: each scan's cached slices stacked in order, for the 3D systems (nnU-Net 3D, Diff-UNet 3D).
 
-A cache built with ``--slices all`` (``spinesegdiff preprocess --slices all``) holds every slice of the SPIDER
+A cache built with ``spinesegdiff preprocess --all-slices`` holds every slice of the SPIDER
 T2 SPACE series around the midline, 9 at 1 mm for the shared data. A :class:`Slabs` stacks them per scan,
 left to right as the cache numbers them, and remembers where the central slice sits, which is the slice a 3D
 system is scored on (the same slice the 2D systems segment). This is a slab, not the whole volume the paper's
@@ -64,7 +64,7 @@ def slabs_from_cache(cache: SliceCache, *, cases: Sequence[str] | None = None) -
     """Stack a cache's slices into one slab per scan.
 
     Args:
-        cache: a slice cache holding several slices per scan (``--slices all``).
+        cache: a slice cache holding several slices per scan (``preprocess --all-slices``).
         cases: the scans to take, in this order (default: every scan, sorted by name).
 
     Raises:
@@ -97,6 +97,7 @@ def slabs_from_cache(cache: SliceCache, *, cases: Sequence[str] | None = None) -
         raise SpineSegDiffError(f"{cache.root}: scans have different slice counts {sorted(depths)}; "
                                 "a slab batch needs one depth")
     if depths == {1}:
-        raise SpineSegDiffError(f"{cache.root}: holds one slice per scan; build it with --slices all")
+        raise SpineSegDiffError(f"{cache.root}: holds one slice per scan; build it with spinesegdiff preprocess "
+                                "--all-slices")
     return Slabs(images=np.stack(image_stack), labels=np.stack(label_stack), cases=chosen, patients=patients,
                  central=np.asarray(central, dtype=np.int64))
