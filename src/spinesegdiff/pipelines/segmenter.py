@@ -23,8 +23,7 @@ from spinesegdiff.diffusion.config import SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.models.checkpoint import (
     checkpoint_scheduler,
-    load_checkpoint,
-    load_model,
+        load_model,
     resolve_model_file,
 )
 from spinesegdiff.models.config import SLAB_VARIANTS, ModelConfig
@@ -112,15 +111,6 @@ def checked_settings(settings: SamplerSettings | None, presegmenter: Presegmente
     return settings.resolved(refining=presegmenter is not None)
 
 
-def _refuse_slab_model(path: Path) -> None:
-    """Raise :class:`InputError` for a slab network (Diff-UNet 3D): it segments sagittal slabs in
-    ``spinesegdiff evaluate``, not the slices this segmenter takes."""
-    variant = load_checkpoint(path, map_location="cpu").get("model_config", {}).get("variant")
-    if variant in SLAB_VARIANTS:
-        raise InputError(path, f"is a {variant} model of 9-slice sagittal slabs; it is scored by spinesegdiff "
-                               "evaluate (--slab-cache), and cannot segment slices or scans here")
-
-
 class Segmenter:
     """A trained network plus its scheduler and sampling settings.
 
@@ -195,7 +185,6 @@ class Segmenter:
         else:
             path = resolve_model_file(model)
             name = str(path)
-            _refuse_slab_model(path)
         from spinesegdiff.pipelines.backends.compiled_segmenter import compiled_segmenter
 
         compiled = compiled_segmenter(path, name, device=device, settings=settings, quiet=quiet,
@@ -209,6 +198,9 @@ class Segmenter:
         if not is_diffusion_model(config):
             raise InputError(path, "is a segmentation U-Net: pass it as the presegmenter (--preseg-model), and "
                                    "a diffusion model as --model")
+        if config.variant in SLAB_VARIANTS:
+            raise InputError(path, f"is a {config.variant} model of sagittal slabs; it is scored by spinesegdiff "
+                                   "evaluate (--slab-cache), and cannot segment slices or scans here")
         if presegmenter is not None and hasattr(presegmenter, "torch_twin") and (
                 (settings or SamplerSettings()).backend == "torch" or target.type != "cpu"):
             presegmenter = presegmenter.torch_twin(target)

@@ -16,7 +16,7 @@ import numpy as np
 
 from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.errors import SpineSegDiffError
-from spinesegdiff.models.config import ModelConfig
+from spinesegdiff.models.config import SLAB_VARIANTS, ModelConfig
 from spinesegdiff.pipelines.backends import numpy_sampler
 from spinesegdiff.pipelines.backends.compiled import (
     CompiledGraphs,
@@ -51,7 +51,7 @@ def compiled_segmenter(model_file: Path, model_name: str, *, device: str = "auto
     segmenter = build_compiled(
         model_file, lambda folder, manifest: CompiledSegmenter(folder, manifest, settings=settings,
                                                                presegmenter=presegmenter, model_name=model_name),
-        variant_check=lambda config: config.variant != "unet", cache=cache)
+        variant_check=lambda config: config.variant != "unet" and config.variant not in SLAB_VARIANTS, cache=cache)
     if segmenter is not None:
         cpu_without_torch(device, quiet=quiet)  # says "no CUDA GPU found" once, as the PyTorch path would
     return segmenter
