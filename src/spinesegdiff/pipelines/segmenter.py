@@ -21,11 +21,7 @@ from spinesegdiff.data.preprocess import to_network_range
 from spinesegdiff.devices import resolve_device
 from spinesegdiff.diffusion.config import SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
-from spinesegdiff.models.checkpoint import (
-    checkpoint_scheduler,
-        load_model,
-    resolve_model_file,
-)
+from spinesegdiff.models.checkpoint import checkpoint_scheduler, load_model, resolve_model_file
 from spinesegdiff.models.config import SLAB_VARIANTS, ModelConfig
 from spinesegdiff.pipelines.presegmenters import Presegmenter
 from spinesegdiff.pipelines.results import SliceSegmentation
