@@ -32,19 +32,26 @@ from spinesegdiff.models.config import ModelConfig
 
 
 class ImageEncoder(nn.Module):
-    """Multi-scale encoder of the image: level ``i`` has ``widths[i]`` channels at ``1 / 2**i`` resolution."""
+    """Multi-scale encoder of the image: level ``i`` has ``widths[i]`` channels at ``1 / 2**i`` resolution.
 
-    def __init__(self, config: ModelConfig) -> None:
+    Slices by default; Diff-UNet 3D passes ``dims=3`` with its in-plane ``pool`` and ``unshuffle`` for slabs.
+    """
+
+    def __init__(self, config: ModelConfig, *, dims: int = 2, pool: nn.Module | None = None,
+                 unshuffle: nn.Module | None = None) -> None:
         super().__init__()
         block = {
             "time_dim": None,
             "norm": config.norm,
             "negative_slope": config.negative_slope,
             "dropout": 0.0,
+            "dims": dims,
         }
         widths = config.widths
-        self.pool = nn.MaxPool2d(2)
-        self.unshuffle = nn.PixelUnshuffle(config.patch_size) if config.patch_size > 1 else nn.Identity()
+        self.pool = pool if pool is not None else nn.MaxPool2d(2)
+        if unshuffle is None:
+            unshuffle = nn.PixelUnshuffle(config.patch_size) if config.patch_size > 1 else nn.Identity()
+        self.unshuffle = unshuffle
         self.levels = nn.ModuleList(
             [ResidualBlock(config.image_channels * config.patch_size**2, widths[0], **block)]
             + [ResidualBlock(widths[i - 1], widths[i], **block) for i in range(1, len(widths))]

@@ -27,6 +27,7 @@ from spinesegdiff.models.blocks import (
     timestep_batch,
 )
 from spinesegdiff.models.config import SLAB_VARIANTS, ModelConfig
+from spinesegdiff.models.spinesegdiff_net import ImageEncoder
 
 IN_PLANE = (1, 2, 2)
 """Pooling and upsampling factor per axis ``(D, H, W)``: the slices are never merged."""
@@ -52,40 +53,6 @@ def _in_plane_patches(patch: int, *, fold: bool) -> nn.Module:
     return PerSlice(nn.PixelUnshuffle(patch) if fold else nn.PixelShuffle(patch))
 
 
-def _block_settings(config: ModelConfig, *, with_time: bool) -> dict:
-    return {
-        "time_dim": config.time_embed_dim if with_time else None,
-        "norm": config.norm,
-        "negative_slope": config.negative_slope,
-        "dropout": config.dropout if with_time else 0.0,
-        "dims": 3,
-    }
-
-
-class SlabImageEncoder(nn.Module):
-    """Multi-scale encoder of a slab: level ``i`` has ``widths[i]`` channels, all ``D`` slices, and
-    ``1 / (p 2**i)`` of the in-plane size."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        block = _block_settings(config, with_time=False)
-        widths = config.widths
-        self.pool = nn.MaxPool3d(IN_PLANE)
-        self.unshuffle = _in_plane_patches(config.patch_size, fold=True)
-        self.levels = nn.ModuleList(
-            [ResidualBlock(config.image_channels * config.patch_size**2, widths[0], **block)]
-            + [ResidualBlock(widths[i - 1], widths[i], **block) for i in range(1, len(widths))]
-        )
-
-    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        h = self.unshuffle(image)
-        for index, level in enumerate(self.levels):
-            h = level(h if index == 0 else self.pool(h))
-            features.append(h)
-        return features
-
-
 class SpineSegDiffNet3d(nn.Module):
     """Dual-encoder denoising U-Net on slabs; predicts ``x0`` as logits (variant ``diffunet3d``).
 
@@ -103,10 +70,12 @@ class SpineSegDiffNet3d(nn.Module):
             raise ValueError(f"SpineSegDiffNet3d does not build variant {config.variant!r}")
         self.config = config
         widths = config.widths
-        block = _block_settings(config, with_time=True)
+        block = {"time_dim": config.time_embed_dim, "norm": config.norm, "negative_slope": config.negative_slope,
+                 "dropout": config.dropout, "dims": 3}
         patch = config.patch_size
         self.time_embedding = TimestepEmbedding(config.time_embed_dim)
-        self.image_encoder = SlabImageEncoder(config)
+        self.image_encoder = ImageEncoder(config, dims=3, pool=nn.MaxPool3d(IN_PLANE),
+                                          unshuffle=_in_plane_patches(patch, fold=True))
         self.pool = nn.MaxPool3d(IN_PLANE)
         self.unshuffle = _in_plane_patches(patch, fold=True)
         self.shuffle = _in_plane_patches(patch, fold=False)
