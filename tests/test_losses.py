@@ -99,6 +99,19 @@ def test_min_snr_weights_clamp_the_snr_at_gamma() -> None:
         min_snr_weights(abar, 0.0)
 
 
+def test_snr_floor_raises_the_noisy_steps_weights_up_to_the_cap() -> None:
+    from spinesegdiff.training.losses import min_snr_weights
+
+    abar = torch.tensor([0.999, 0.5, 0.2, 0.05, 1e-6], dtype=torch.float64)  # SNR 999, 1, 0.25, 0.0526, 1e-6
+    weights = min_snr_weights(abar, 5.0, snr_floor=1.0, max_weight=100.0)
+    torch.testing.assert_close(weights, torch.tensor([5 / 999, 1.0, 4.0, 19.0, 100.0]), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(min_snr_weights(abar, 5.0)[1:], torch.ones(4))  # Min-SNR alone: 1 at the noisy end
+    with pytest.raises(ValueError, match="snr_floor must lie"):
+        min_snr_weights(abar, 5.0, snr_floor=5.0)
+    with pytest.raises(ValueError, match="max_weight"):
+        min_snr_weights(abar, 5.0, snr_floor=1.0, max_weight=0.5)
+
+
 def test_weighted_epsilon_loss_weights_each_samples_error() -> None:
     pred = torch.zeros(2, 3, 4, 4)
     eps = torch.stack([torch.full((3, 4, 4), 1.0), torch.full((3, 4, 4), 2.0)])  # per-sample MSE 1 and 4
@@ -123,12 +136,18 @@ def test_training_loss_of_a_noise_predictor_uses_min_snr_weights() -> None:
                              generator=torch.Generator().manual_seed(1), timesteps=steps)
     weighted, _ = training_loss(Zero(), image, labels, schedule=schedule, prediction_type="epsilon",
                                 generator=torch.Generator().manual_seed(1), timesteps=steps, min_snr_gamma=5.0)
+    floored, _ = training_loss(Zero(), image, labels, schedule=schedule, prediction_type="epsilon",
+                               generator=torch.Generator().manual_seed(1), timesteps=steps, min_snr_gamma=5.0,
+                               snr_floor=1.0, max_noise_weight=50.0)
     noise = torch.randn((3, 3, 8, 8), generator=torch.Generator().manual_seed(1))  # the loss's own draw
     per_sample = noise.pow(2).flatten(1).mean(dim=1)
     weights = min_snr_weights(schedule.alphas_cumprod[steps], 5.0)
     assert float(plain) == pytest.approx(float(per_sample.mean()), rel=1e-5)
     assert float(weighted) == pytest.approx(float((weights * per_sample).mean()), rel=1e-5)
     assert float(weights[0]) < 0.1 and float(weights[2]) == 1.0  # the nearly clean step counts far less
+    floors = min_snr_weights(schedule.alphas_cumprod[steps], 5.0, snr_floor=1.0, max_weight=50.0)
+    assert float(floored) == pytest.approx(float((floors * per_sample).mean()), rel=1e-5)
+    assert float(floors[2]) == 50.0  # t = 900: SNR 2.7e-4, the floor's weight capped
 
 
 def test_min_snr_gamma_is_a_validated_optimisation_setting() -> None:
@@ -139,3 +158,8 @@ def test_min_snr_gamma_is_a_validated_optimisation_setting() -> None:
     assert config.optimisation.min_snr_gamma == 5.0
     with pytest.raises(ValueError, match="min_snr_gamma must be positive"):
         OptimisationSettings(min_snr_gamma=0.0)
+    with pytest.raises(ValueError, match="snr_floor must lie"):
+        OptimisationSettings(snr_floor=1.0)  # the floor belongs to Min-SNR's clamp
+    with pytest.raises(ValueError, match="max_noise_weight"):
+        OptimisationSettings(min_snr_gamma=5.0, snr_floor=1.0, max_noise_weight=0.0)
+    assert OptimisationSettings(min_snr_gamma=5.0, snr_floor=1.0).max_noise_weight == 100.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -118,6 +119,21 @@ def test_iisdm_is_zero_initialised_and_trainable() -> None:
     assert torch.count_nonzero(out) == 0  # zero-initialised output convolution, as guided diffusion
     out.square().add(out).sum().backward()
     assert net.out[-1].weight.grad is not None and net.out[-1].weight.grad.abs().sum() > 0
+
+
+def test_iisdm_noise_skip_starts_at_the_identity_and_trains() -> None:
+    torch.manual_seed(0)
+    config = dataclasses.replace(preset_config("tiny", "iisdm"), noise_skip=True)
+    net = build_model(config)
+    image, x_t, t = _inputs(2)
+    out = net(x_t, t, image=image)
+    torch.testing.assert_close(out, x_t)  # a fresh network predicts eps_hat = x_t, i.e. x0_hat = 0
+    out.square().sum().backward()
+    assert net.noise_skip.weight.grad.abs().sum() > 0 and net.out[-1].weight.grad.abs().sum() > 0
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    assert ModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "noise_skip"}).noise_skip is False
+    with pytest.raises(ValueError, match="noise_skip applies"):
+        dataclasses.replace(preset_config("tiny"), noise_skip=True)
 
 
 @pytest.mark.parametrize("variant", SLICE_DIFFUSION_VARIANTS)

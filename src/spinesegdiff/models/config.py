@@ -90,6 +90,8 @@ class ModelConfig:
         attention_levels: level indices (0 = full resolution) with self-attention in the IISDM U-Net; its
             middle block always has attention (ignored by the other variants).
         num_heads: attention heads of the IISDM U-Net.
+        noise_skip: IISDM only: add ``x_t`` to the predicted noise through a 1 x 1 convolution initialised to the
+            identity, so the U-Net body learns only ``eps - x_t`` (see :class:`~.iisdm_net.IISDMNet`).
         patch_size: ``p`` > 1 folds each ``p x p`` patch into channels before the first level
             (``PixelUnshuffle``) and unfolds the output (``PixelShuffle``), so the network works at ``1 / p``
             resolution without discarding a pixel: the CPU presets use 2.
@@ -107,6 +109,7 @@ class ModelConfig:
     attention_levels: tuple[int, ...] = ()
     num_heads: int = 4
     patch_size: int = 1
+    noise_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -131,6 +134,10 @@ class ModelConfig:
         if any(not isinstance(level, int) or not 0 <= level < len(widths) for level in levels):
             raise ValueError(f"attention_levels must be level indices in [0, {len(widths)}), got {levels!r}")
         object.__setattr__(self, "attention_levels", levels)
+        if not isinstance(self.noise_skip, bool):
+            raise ValueError(f"noise_skip must be true or false, got {self.noise_skip!r}")
+        if self.noise_skip and self.variant != "iisdm":
+            raise ValueError(f"noise_skip applies to the noise-predicting variant 'iisdm', not {self.variant!r}")
         if self.variant == "iisdm":
             for level in (*levels, len(widths) - 1):
                 if widths[level] % self.num_heads:

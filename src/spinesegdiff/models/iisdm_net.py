@@ -6,6 +6,13 @@ Input ``concat(y, x_t)``; output ``eps_hat`` with ``mask_channels`` channels. Le
 added after the first conv), self-attention at ``attention_levels``; strided-conv downsampling,
 nearest-neighbour + conv upsampling, a middle block (res, attention, res), and skip concatenation after every
 block as in guided diffusion. The output convolution is zero-initialised, so a fresh network predicts 0.
+
+With ``noise_skip`` the input ``x_t`` also reaches the output through a 1 x 1 convolution initialised to the
+identity (a fresh network then predicts ``eps_hat = x_t``, i.e. ``x0_hat = 0`` at every step). At high noise
+``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)`` is ``x_t`` up to a term of size ``sqrt(SNR)``, and without the
+skip that small term, the only place the image matters there, is lost in the error of carrying white noise
+pixel for pixel through the whole U-Net and its 2 x 2 stem: the fold-0 runs without it never used the image
+(``benchmarks/x0_by_timestep.py``), and their samples from noise stayed at ``x0_hat = 0`` (chance Dice).
 """
 
 from __future__ import annotations
@@ -114,6 +121,12 @@ class IISDMNet(nn.Module):
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.noise_skip: nn.Conv2d | None = None
+        if config.noise_skip:
+            self.noise_skip = nn.Conv2d(config.mask_channels, config.mask_channels, 1)
+            with torch.no_grad():
+                self.noise_skip.weight.copy_(torch.eye(config.mask_channels)[:, :, None, None])
+                nn.init.zeros_(self.noise_skip.bias)
 
     def forward(
         self,
@@ -160,4 +173,5 @@ class IISDMNet(nn.Module):
             h = stage(h, temb)
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), temb)
-        return self.shuffle(self.out(h))
+        eps = self.shuffle(self.out(h))
+        return eps if self.noise_skip is None else eps + self.noise_skip(x_t)

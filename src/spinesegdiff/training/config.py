@@ -43,7 +43,9 @@ class OptimisationSettings:
     ``lr_schedule`` ``cosine`` decays the learning rate to 2 % of ``lr`` after ``warmup_steps`` linear warm-up
     steps; ``seed`` seeds the initial weights, the batches, the augmentation and the validation sampler.
     ``min_snr_gamma`` (noise-predicting models, IISDM): weight each sample's loss by Min-SNR-gamma
-    (:func:`~spinesegdiff.training.losses.min_snr_weights`; ``None``: plain MSE).
+    (:func:`~spinesegdiff.training.losses.min_snr_weights`; ``None``: plain MSE); with it, ``snr_floor`` also
+    raises the x0 weight of the noisy steps to that floor (truncated SNR), the noise weight capped at
+    ``max_noise_weight``.
     """
 
     epochs: int = 300
@@ -56,10 +58,16 @@ class OptimisationSettings:
     ema_decay: float = 0.999
     seed: int = 0
     min_snr_gamma: float | None = None
+    snr_floor: float | None = None
+    max_noise_weight: float = 100.0
 
     def __post_init__(self) -> None:
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive (or null), got {self.min_snr_gamma}")
+        if self.snr_floor is not None and (self.min_snr_gamma is None or not 0 < self.snr_floor < self.min_snr_gamma):
+            raise ValueError(f"snr_floor must lie in (0, min_snr_gamma) and needs min_snr_gamma, got {self.snr_floor}")
+        if not self.max_noise_weight >= 1:
+            raise ValueError(f"max_noise_weight must be at least 1, got {self.max_noise_weight}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size and epochs must be positive")
         if self.lr <= 0 or not 0.0 <= self.ema_decay < 1.0:

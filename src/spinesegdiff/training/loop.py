@@ -71,7 +71,8 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
                   prediction_type: str, generator: torch.Generator | None = None,
                   max_timestep: int | None = None, start_mask: torch.Tensor | None = None,
                   timesteps: torch.Tensor | None = None,
-                  min_snr_gamma: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  min_snr_gamma: float | None = None, snr_floor: float | None = None,
+                  max_noise_weight: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One diffusion training loss on a batch.
 
     Args:
@@ -83,6 +84,8 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
         start_mask: ``(B, 3, H, W)`` in [0, 1]: noise this mask (a presegmentation) instead of the ground truth.
         timesteps: ``(B,)`` steps to use instead of drawing them.
         min_snr_gamma: with ``epsilon``, weight each sample by Min-SNR-gamma (``None``: plain MSE).
+        snr_floor, max_noise_weight: with ``min_snr_gamma``, the truncated-SNR floor of the noisy steps and the
+            cap of their weight (:func:`~spinesegdiff.training.losses.min_snr_weights`).
     """
     target01 = one_hot_x0(labels)
     high = schedule.num_train_timesteps if max_timestep is None else max_timestep + 1
@@ -94,7 +97,8 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
     output = net(x_t, t, image=image)
     if prediction_type == "epsilon":
         weights = None if min_snr_gamma is None else min_snr_weights(
-            schedule.alphas_cumprod.to(t.device)[t], min_snr_gamma)
+            schedule.alphas_cumprod.to(t.device)[t], min_snr_gamma, snr_floor=snr_floor,
+            max_weight=max_noise_weight)
         loss = epsilon_loss(output.float(), noise, weights)
         return loss, {"mse": loss.detach()}
     return segmentation_loss(output.float(), target01)
@@ -220,7 +224,8 @@ def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfi
         if run.diffusion:
             loss, _ = training_loss(model, image * 2 - 1, labels, schedule=run.scheduler.schedule,
                                     prediction_type=run.scheduler.prediction_type, generator=state.generator,
-                                    min_snr_gamma=settings.min_snr_gamma, **refine)
+                                    min_snr_gamma=settings.min_snr_gamma, snr_floor=settings.snr_floor,
+                                    max_noise_weight=settings.max_noise_weight, **refine)
         else:
             loss, _ = dice_cross_entropy_loss(model(image * 2 - 1).float(), labels)
     state.optimizer.zero_grad(set_to_none=True)

@@ -65,24 +65,40 @@ def segmentation_loss(
     return total, {"mse": mse.detach(), "dice": dice.detach(), "bce": bce.detach()}
 
 
-def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tensor:
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float, *, snr_floor: float | None = None,
+                    max_weight: float = 100.0) -> torch.Tensor:
     """Min-SNR-gamma loss weights of noise prediction (Hang et al., ICCV 2023): ``min(SNR, gamma) / SNR``.
 
     ``SNR(t) = abar_t / (1 - abar_t)``. Noise prediction's plain MSE equals an x0 loss weighted by ``SNR``, which
     lets the nearly clean, easy steps dominate; clamping that weight at ``gamma`` (the paper's 5) evens out the
     steps' share of the gradient, and training converged about 3x faster there.
 
+    The noisy end keeps the x0 weight ``SNR``, close to 0 where only the image tells where the mask is, so a
+    noise predictor has almost no reason to learn to read the image. ``snr_floor`` also raises the x0 weight
+    to at least ``snr_floor`` there (the truncated-SNR weighting ``max(SNR, 1)`` of Salimans and Ho, ICLR 2022,
+    with ``snr_floor = 1``): the noise weight becomes ``clamp(SNR, snr_floor, gamma) / SNR``, capped at
+    ``max_weight`` because ``1 / SNR`` grows without bound as ``abar_t -> 0``.
+
     Args:
         alphas_cumprod_t: ``(B,)`` ``abar_t`` of each sample's step, in ``(0, 1)``.
         gamma: the clamp, positive.
+        snr_floor: ``None`` (Min-SNR alone) or the x0 weight's floor, in ``(0, gamma)``.
+        max_weight: the cap of the noise weight with ``snr_floor``, at least 1.
 
     Returns:
-        ``(B,)`` float32 weights in ``(0, 1]``: 1 where ``SNR <= gamma`` (the noisy steps), ``gamma / SNR`` above.
+        ``(B,)`` float32 weights: 1 where ``snr_floor <= SNR <= gamma``, ``gamma / SNR`` above, and (with
+        ``snr_floor``) ``min(snr_floor / SNR, max_weight)`` below.
     """
     if gamma <= 0:
         raise ValueError(f"gamma must be positive, got {gamma}")
+    if snr_floor is not None and not 0 < snr_floor < gamma:
+        raise ValueError(f"snr_floor must lie in (0, gamma = {gamma}), got {snr_floor}")
+    if max_weight < 1:
+        raise ValueError(f"max_weight must be at least 1, got {max_weight}")
     snr = alphas_cumprod_t.double() / (1.0 - alphas_cumprod_t.double())
-    return (snr.clamp(max=gamma) / snr).float()
+    if snr_floor is None:
+        return (snr.clamp(max=gamma) / snr).float()
+    return (snr.clamp(min=snr_floor, max=gamma) / snr).clamp(max=max_weight).float()
 
 
 def epsilon_loss(pred_eps: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
