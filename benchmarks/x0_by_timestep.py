@@ -18,6 +18,7 @@ the share of pixels it puts in a structure and its Dice: a model that ignores th
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,34 +31,42 @@ from spinesegdiff.pipelines.sampling import logits_to_x0
 from spinesegdiff.training.loop import batch_tensors, one_hot_x0
 
 TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+IMAGE_USE_TIMESTEPS = (300, 500, 700, 800, 900)
 
 
-def x0_dice_by_timestep(run: str, timesteps: tuple[int, ...] = TIMESTEPS, seed: int = 0) -> dict[int, float]:
-    """``{t: mean Dice of (x0_hat > 0) against the truth over slices and the three structures}``."""
-    model_file = resolve_model_file(run)
-    net, model_config, payload = load_model(model_file, map_location="cpu")
-    net.eval()
-    _, cache, test = run_held_out_slices(payload["train_config"], run)
-    prediction_type = model_prediction_type(model_config)
-    scheduler = DDIMScheduler(checkpoint_scheduler(payload, model_file).noise_schedule(),
-                              prediction_type=prediction_type)
-    image, labels = batch_tensors(cache, test, torch.device("cpu"))
-    truth = one_hot_x0(labels) > 0.5
-    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
-    scores = {}
-    with torch.inference_mode():
-        for t in timesteps:
-            steps = torch.full((len(test),), t)
-            x_t = add_noise(truth.float() * 2 - 1, noise, steps, scheduler.schedule)
-            output = torch.cat([net(x_t[i:i + 1], steps[i:i + 1], image=image[i:i + 1] * 2 - 1)
-                                for i in range(len(test))])
-            if prediction_type == "sample":
-                x0 = logits_to_x0(output)
-            else:
-                alpha_bar = scheduler.schedule.alphas_cumprod[t]
-                x0 = (x_t - (1 - alpha_bar) ** 0.5 * output) / alpha_bar**0.5
-            scores[t] = _mean_dice(x0 > 0, truth)
-    return scores
+@dataclass
+class _HeldOut:
+    """A run's network on its own held-out slices: images ``(N, 1, H, W)`` in [-1, 1], truth ``(N, 3, H, W)``."""
+
+    net: torch.nn.Module
+    prediction_type: str
+    scheduler: DDIMScheduler
+    image: torch.Tensor
+    truth: torch.Tensor
+
+    @classmethod
+    def load(cls, run: str) -> _HeldOut:
+        model_file = resolve_model_file(run)
+        net, model_config, payload = load_model(model_file, map_location="cpu")
+        _, cache, test = run_held_out_slices(payload["train_config"], run)
+        prediction_type = model_prediction_type(model_config)
+        scheduler = DDIMScheduler(checkpoint_scheduler(payload, model_file).noise_schedule(),
+                                  prediction_type=prediction_type)
+        image, labels = batch_tensors(cache, test, torch.device("cpu"))
+        return cls(net.eval(), prediction_type, scheduler, image * 2 - 1, one_hot_x0(labels) > 0.5)
+
+    def x0(self, x_t: torch.Tensor, t: int, image: torch.Tensor) -> torch.Tensor:
+        """The one-call ``x0`` estimate of every slice at step ``t``, one slice per call."""
+        steps = torch.full((1,), t)
+        output = torch.cat([self.net(x_t[i:i + 1], steps, image=image[i:i + 1]) for i in range(len(x_t))])
+        if self.prediction_type == "sample":
+            return logits_to_x0(output)
+        alpha_bar = self.scheduler.schedule.alphas_cumprod[t]
+        return (x_t - (1 - alpha_bar) ** 0.5 * output) / alpha_bar**0.5
+
+    def noised(self, mask: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """``mask`` (in [-1, 1]) noised to ``t`` with ``noise``."""
+        return add_noise(mask, noise, torch.full((len(mask),), t), self.scheduler.schedule)
 
 
 def _mean_dice(predicted: torch.Tensor, truth: torch.Tensor) -> float:
@@ -67,35 +76,64 @@ def _mean_dice(predicted: torch.Tensor, truth: torch.Tensor) -> float:
     return float(torch.where(sizes > 0, 2 * overlap / sizes.clamp_min(1), 1.0).mean())
 
 
+def x0_dice_by_timestep(run: str, timesteps: tuple[int, ...] = TIMESTEPS, seed: int = 0) -> dict[int, float]:
+    """``{t: mean Dice of (x0_hat > 0) against the truth over slices and the three structures}``."""
+    held_out = _HeldOut.load(run)
+    truth = held_out.truth
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return {t: _mean_dice(held_out.x0(held_out.noised(truth.float() * 2 - 1, noise, t), t, held_out.image) > 0,
+                              truth) for t in timesteps}
+
+
+def image_use(run: str, timesteps: tuple[int, ...] = IMAGE_USE_TIMESTEPS,
+              seed: int = 0) -> dict[int, tuple[float, float, float]]:
+    """``{t: (Dice from the truth noised with the image, the same with a blank image, from an all-background
+    mask noised with the image)}``: a model that reads the image keeps the third high at large ``t``; one that
+    only reads ``x_t`` scores the first two alike and the third near 0."""
+    held_out = _HeldOut.load(run)
+    truth, image = held_out.truth, held_out.image
+    noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
+    scores = {}
+    with torch.inference_mode():
+        for t in timesteps:
+            from_truth = held_out.noised(truth.float() * 2 - 1, noise, t)
+            from_background = held_out.noised(-torch.ones_like(noise), noise, t)
+            scores[t] = (_mean_dice(held_out.x0(from_truth, t, image) > 0, truth),
+                         _mean_dice(held_out.x0(from_truth, t, torch.zeros_like(image)) > 0, truth),
+                         _mean_dice(held_out.x0(from_background, t, image) > 0, truth))
+    return scores
+
+
 def x0_along_trajectory(run: str, num_steps: int, seed: int = 0) -> list[tuple[int, float, float, float]]:
     """``[(t, mean x0, share of x0 > 0, Dice of x0 > 0)]`` along a deterministic DDIM walk from pure noise."""
-    model_file = resolve_model_file(run)
-    net, model_config, payload = load_model(model_file, map_location="cpu")
-    net.eval()
-    _, cache, test = run_held_out_slices(payload["train_config"], run)
-    prediction_type = model_prediction_type(model_config)
-    scheduler = DDIMScheduler(checkpoint_scheduler(payload, model_file).noise_schedule(),
-                              prediction_type=prediction_type)
+    held_out = _HeldOut.load(run)
+    scheduler = held_out.scheduler
     scheduler.set_timesteps(num_steps)
-    image, labels = batch_tensors(cache, test, torch.device("cpu"))
-    truth = one_hot_x0(labels) > 0.5
-    x = torch.randn(truth.shape, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(held_out.truth.shape, generator=torch.Generator().manual_seed(seed))
     rows = []
     with torch.inference_mode():
         for t in scheduler.timesteps.tolist():
-            steps = torch.full((len(test),), t)
-            output = net(x, steps, image=image * 2 - 1)
-            step = scheduler.step(logits_to_x0(output) if prediction_type == "sample" else output, t, x)
-            x0 = step.pred_original_sample
-            rows.append((t, float(x0.mean()), float((x0 > 0).float().mean()), _mean_dice(x0 > 0, truth)))
+            x0 = held_out.x0(x, t, held_out.image)
+            step = scheduler.step(x0 if held_out.prediction_type == "sample" else
+                                  _predicted_noise(held_out, x, x0, t), t, x)
+            rows.append((t, float(x0.mean()), float((x0 > 0).float().mean()), _mean_dice(x0 > 0, held_out.truth)))
             x = step.prev_sample
     return rows
+
+
+def _predicted_noise(held_out: _HeldOut, x_t: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
+    """The noise a noise predictor returned, back from its ``x0`` estimate."""
+    alpha_bar = held_out.scheduler.schedule.alphas_cumprod[t]
+    return (x_t - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", required=True, help="run folder or checkpoint (repeat)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-use", action="store_true",
+                        help="also score x0 with a blank image and from an all-background mask")
     parser.add_argument("--trajectory", type=int, default=0, metavar="N",
                         help="also walk N DDIM steps from pure noise and print x0 step by step")
     args = parser.parse_args()
@@ -106,6 +144,11 @@ def main() -> None:
     print("|---|" + "---|" * len(TIMESTEPS))
     for run, scores in results.items():
         print(f"| {run} | " + " | ".join(f"{scores[t]:.3f}" for t in TIMESTEPS) + " |")
+    for run in args.run if args.image_use else ():
+        print(f"\n{run}: does the network read the image? one-call x0 Dice, held-out slices")
+        print("| t | truth noised, image | truth noised, blank image | background noised, image |\n|---|---|---|---|")
+        for t, (with_image, blank, background) in image_use(run).items():
+            print(f"| {t} | {with_image:.3f} | {blank:.3f} | {background:.3f} |")
     for run in args.run if args.trajectory else ():
         print(f"\n{run}: x0 along {args.trajectory} deterministic DDIM steps from pure noise, held-out slices")
         print("| t | mean x0 | share x0 > 0 | Dice |\n|---|---|---|---|")
