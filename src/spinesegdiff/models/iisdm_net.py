@@ -12,7 +12,9 @@ identity (a fresh network then predicts ``eps_hat = x_t``, i.e. ``x0_hat = 0`` a
 ``eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)`` is ``x_t`` up to a term of size ``sqrt(SNR)``, and without the
 skip that small term, the only place the image matters there, is lost in the error of carrying white noise
 pixel for pixel through the whole U-Net and its 2 x 2 stem: the fold-0 runs without it never used the image
-(``benchmarks/x0_by_timestep.py``), and their samples from noise stayed at ``x0_hat = 0`` (chance Dice).
+and their samples from noise stayed at ``x0_hat = 0`` (chance Dice); with it the one-call ``x0`` improves at
+high noise, but reading the image takes far longer training (``benchmarks/x0_by_timestep.py --image-use``,
+docs/RESULTS.md).
 """
 
 from __future__ import annotations
