@@ -117,6 +117,7 @@ def x0_along_trajectory(run: str, num_steps: int, seed: int = 0) -> list[tuple[i
             x0 = held_out.x0(x, t, held_out.image)
             step = scheduler.step(x0 if held_out.prediction_type == "sample" else
                                   _predicted_noise(held_out, x, x0, t), t, x)
+            x0 = step.pred_original_sample  # clipped to [-1, 1], as the sampler uses it
             rows.append((t, float(x0.mean()), float((x0 > 0).float().mean()), _mean_dice(x0 > 0, held_out.truth)))
             x = step.prev_sample
     return rows
