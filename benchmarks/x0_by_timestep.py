@@ -55,12 +55,18 @@ class _HeldOut:
         image, labels = batch_tensors(cache, test, torch.device("cpu"))
         return cls(net.eval(), prediction_type, scheduler, image * 2 - 1, one_hot_x0(labels) > 0.5)
 
-    def x0(self, x_t: torch.Tensor, t: int, image: torch.Tensor) -> torch.Tensor:
-        """The one-call ``x0`` estimate of every slice at step ``t``, one slice per call."""
+    def model_output(self, x_t: torch.Tensor, t: int, image: torch.Tensor) -> torch.Tensor:
+        """What the scheduler's step takes at ``t`` for every slice (an ``x0`` in [-1, 1] or the predicted
+        noise), one slice per network call."""
         steps = torch.full((1,), t)
         output = torch.cat([self.net(x_t[i:i + 1], steps, image=image[i:i + 1]) for i in range(len(x_t))])
+        return logits_to_x0(output) if self.prediction_type == "sample" else output
+
+    def x0(self, x_t: torch.Tensor, t: int, image: torch.Tensor) -> torch.Tensor:
+        """The one-call ``x0`` estimate of every slice at step ``t`` (not clipped)."""
+        output = self.model_output(x_t, t, image)
         if self.prediction_type == "sample":
-            return logits_to_x0(output)
+            return output
         alpha_bar = self.scheduler.schedule.alphas_cumprod[t]
         return (x_t - (1 - alpha_bar) ** 0.5 * output) / alpha_bar**0.5
 
@@ -114,19 +120,11 @@ def x0_along_trajectory(run: str, num_steps: int, seed: int = 0) -> list[tuple[i
     rows = []
     with torch.inference_mode():
         for t in scheduler.timesteps.tolist():
-            x0 = held_out.x0(x, t, held_out.image)
-            step = scheduler.step(x0 if held_out.prediction_type == "sample" else
-                                  _predicted_noise(held_out, x, x0, t), t, x)
+            step = scheduler.step(held_out.model_output(x, t, held_out.image), t, x)
             x0 = step.pred_original_sample  # clipped to [-1, 1], as the sampler uses it
             rows.append((t, float(x0.mean()), float((x0 > 0).float().mean()), _mean_dice(x0 > 0, held_out.truth)))
             x = step.prev_sample
     return rows
-
-
-def _predicted_noise(held_out: _HeldOut, x_t: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
-    """The noise a noise predictor returned, back from its ``x0`` estimate."""
-    alpha_bar = held_out.scheduler.schedule.alphas_cumprod[t]
-    return (x_t - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from spinesegdiff.devices import DEVICE_CHOICES
 from spinesegdiff.diffusion import SchedulerConfig
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.models import ModelConfig, preset_config
+from spinesegdiff.training.losses import DEFAULT_MAX_NOISE_WEIGHT
 from spinesegdiff.training.lr_schedule import LR_SCHEDULES, LrSchedule
 
 
@@ -59,7 +60,7 @@ class OptimisationSettings:
     seed: int = 0
     min_snr_gamma: float | None = None
     snr_floor: float | None = None
-    max_noise_weight: float = 100.0
+    max_noise_weight: float = DEFAULT_MAX_NOISE_WEIGHT
 
     def __post_init__(self) -> None:
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:

@@ -41,6 +41,7 @@ from spinesegdiff.pipelines.presegmenters import CrossFittedPresegmenter
 from spinesegdiff.training.batches import training_batch
 from spinesegdiff.training.config import TrainConfig, make_train_config
 from spinesegdiff.training.losses import (
+    DEFAULT_MAX_NOISE_WEIGHT,
     dice_cross_entropy_loss,
     epsilon_loss,
     min_snr_weights,
@@ -72,7 +73,7 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
                   max_timestep: int | None = None, start_mask: torch.Tensor | None = None,
                   timesteps: torch.Tensor | None = None,
                   min_snr_gamma: float | None = None, snr_floor: float | None = None,
-                  max_noise_weight: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  max_noise_weight: float = DEFAULT_MAX_NOISE_WEIGHT) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One diffusion training loss on a batch.
 
     Args:

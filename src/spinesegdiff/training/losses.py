@@ -65,8 +65,12 @@ def segmentation_loss(
     return total, {"mse": mse.detach(), "dice": dice.detach(), "bce": bce.detach()}
 
 
+DEFAULT_MAX_NOISE_WEIGHT = 100.0
+"""The default cap of :func:`min_snr_weights` with a floor (``max_noise_weight`` of the training settings)."""
+
+
 def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float, *, snr_floor: float | None = None,
-                    max_weight: float = 100.0) -> torch.Tensor:
+                    max_weight: float = DEFAULT_MAX_NOISE_WEIGHT) -> torch.Tensor:
     """Min-SNR-gamma loss weights of noise prediction (Hang et al., ICCV 2023): ``min(SNR, gamma) / SNR``.
 
     ``SNR(t) = abar_t / (1 - abar_t)``. Noise prediction's plain MSE equals an x0 loss weighted by ``SNR``, which
