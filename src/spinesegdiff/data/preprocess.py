@@ -7,7 +7,8 @@ Forward, for a 3D scan:
    the network sees ``value / 127.5 - 1`` in [-1, 1], see :func:`to_network_range`);
 3. take sagittal slices (planes of constant R; the central one by default);
 4. resample each slice to 1 mm (linear for images, nearest neighbour for label maps) on a 320 x 320 grid
-   whose centre is the centre of the slice's field of view (so smaller slices are padded, larger cropped).
+   whose centre is the centre of the slice's field of view (so smaller slices are padded, larger cropped; for
+   prediction the grid can instead grow to hold a larger field, see :func:`plan_grid`).
 
 A 2D model slice is laid out like a radiologist's sagittal view: rows run from superior (row 0) to inferior,
 columns from anterior (column 0) to posterior.
@@ -35,6 +36,9 @@ MODEL_SIZE = 320
 """Side of the square model grid in pixels (the paper's 320 x 320)."""
 MODEL_SPACING_MM = 1.0
 """Pixel size of the model grid in mm."""
+MAX_CANVAS = 1024
+"""Largest side in pixels of a canvas grown to cover a scan's field of view (:func:`plan_grid`); a larger field
+(a whole-body series) is cropped to its central 1024 mm."""
 INTENSITY_PERCENTILE = 98.0
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -110,7 +114,8 @@ class AxisResampling:
 
 @dataclass(frozen=True)
 class SagittalGrid:
-    """Everything that maps a native 3D scan to 320 x 320 sagittal model slices and back.
+    """Everything that maps a native 3D scan to sagittal model slices (``rows.model_size`` x
+    ``cols.model_size``, 320 x 320 unless grown to cover the field of view) and back.
 
     Attributes:
         native_shape: shape of the native array in SimpleITK order ``(z, y, x)``.
@@ -175,14 +180,28 @@ def acquisition_plane(geometry: Geometry, reorientation: Reorientation, anisotro
     return ("sagittal", "coronal", "axial")[int(np.argmax(spacing))]
 
 
+def canvas_size(native_size: int, native_spacing: float, *, model_size: int = MODEL_SIZE,
+                model_spacing: float = MODEL_SPACING_MM) -> int:
+    """Model-grid pixels that cover ``native_size`` pixels of ``native_spacing`` mm: at least ``model_size``, at
+    most :data:`MAX_CANVAS`."""
+    needed = int(np.ceil(native_size * native_spacing / model_spacing - 1e-6))
+    return int(np.clip(needed, model_size, max(model_size, MAX_CANVAS)))
+
+
 def plan_grid(
     shape_zyx: Sequence[int],
     geometry: Geometry,
     *,
     model_size: int = MODEL_SIZE,
     model_spacing: float = MODEL_SPACING_MM,
+    cover_field_of_view: bool = False,
 ) -> SagittalGrid:
-    """Work out the native <-> model mapping for a 3D scan of ``shape_zyx`` (SimpleITK order)."""
+    """Work out the native <-> model mapping for a 3D scan of ``shape_zyx`` (SimpleITK order).
+
+    The model grid is ``model_size`` square, centred on the slice's field of view (the paper's fixed 320 x 320,
+    used for training); with ``cover_field_of_view`` an axis whose field is longer grows to hold all of it
+    (:func:`canvas_size`), and :mod:`spinesegdiff.pipelines.tiling` segments the larger canvas window by window.
+    """
     if len(shape_zyx) != 3 or geometry.dimension != 3:
         raise ValueError(f"a 3D scan is needed, got shape {tuple(shape_zyx)}")
     reorientation = Reorientation.from_direction(geometry.direction_matrix)
@@ -191,12 +210,18 @@ def plan_grid(
     oblique = float(np.degrees(np.arccos(np.clip(abs(ras_direction[0, r_axis]), 0.0, 1.0))))
     shape_xyz = tuple(int(n) for n in reversed(tuple(shape_zyx)))
     a_axis, s_axis = reorientation.native_axis[1], reorientation.native_axis[2]
+
+    def size(axis: int) -> int:
+        if not cover_field_of_view:
+            return model_size
+        return canvas_size(shape_xyz[axis], geometry.spacing[axis], model_size=model_size, model_spacing=model_spacing)
+
     return SagittalGrid(
         native_shape=tuple(int(n) for n in shape_zyx),
         geometry=geometry,
         reorientation=reorientation,
-        rows=AxisResampling(shape_xyz[s_axis], geometry.spacing[s_axis], model_size, model_spacing),
-        cols=AxisResampling(shape_xyz[a_axis], geometry.spacing[a_axis], model_size, model_spacing),
+        rows=AxisResampling(shape_xyz[s_axis], geometry.spacing[s_axis], size(s_axis), model_spacing),
+        cols=AxisResampling(shape_xyz[a_axis], geometry.spacing[a_axis], size(a_axis), model_spacing),
         plane=acquisition_plane(geometry, reorientation),
         oblique_deg=oblique,
     )
@@ -282,12 +307,13 @@ def _resample(
 
 
 def image_to_model(view: np.ndarray, grid: SagittalGrid) -> np.ndarray:
-    """Native ``(S, A)`` intensity slice -> ``(320, 320)`` float32 on the 1 mm model grid (linear)."""
+    """Native ``(S, A)`` intensity slice -> ``(H, W)`` float32 on the 1 mm model grid (linear; 320 x 320 unless
+    grown)."""
     return _resample(np.asarray(view, dtype=np.float32), grid, order=1, forward=True)
 
 
 def labels_to_model(view: np.ndarray, grid: SagittalGrid) -> np.ndarray:
-    """Native ``(S, A)`` class slice -> ``(320, 320)`` ``uint8`` classes (nearest neighbour only)."""
+    """Native ``(S, A)`` class slice -> ``(H, W)`` ``uint8`` model-grid classes (nearest neighbour only)."""
     return _resample(np.asarray(view, dtype=np.uint8), grid, order=0, forward=True)
 
 
@@ -309,7 +335,7 @@ def soft_labels_to_model(view: np.ndarray, grid: SagittalGrid, *, num_classes: i
 
 
 def restore_labels(labels: np.ndarray, grid: SagittalGrid) -> np.ndarray:
-    """``(320, 320)`` class map -> native ``(S, A)`` slice (nearest neighbour)."""
+    """``(H, W)`` model-grid class map -> native ``(S, A)`` slice (nearest neighbour)."""
     return _resample(np.asarray(labels, dtype=np.uint8), grid, order=0, forward=False)
 
 
@@ -319,7 +345,7 @@ def restore_probabilities(
     *,
     background_channel: int | None = 0,
 ) -> np.ndarray:
-    """``(C, 320, 320)`` per-class maps -> ``(C, S, A)`` on the native slice grid (linear).
+    """``(C, H, W)`` model-grid per-class maps -> ``(C, S, A)`` on the native slice grid (linear).
 
     Native pixels outside the model's field of view get probability 1 for ``background_channel`` and 0 for the
     others (use ``None`` to fill every channel with 0, for example for uncertainty maps).
@@ -383,8 +409,9 @@ class PreparedScan:
     """A scan on the model grid.
 
     Attributes:
-        images: ``(N, 320, 320)`` ``uint8`` intensities, 0..255 after 98th-percentile scaling.
-        labels: ``(N, 320, 320)`` ``uint8`` classes in {0, 1, 2, 3}, or ``None`` without a mask.
+        images: ``(N, H, W)`` ``uint8`` intensities, 0..255 after 98th-percentile scaling (320 x 320 unless
+            the grid was grown to cover the field of view).
+        labels: ``(N, H, W)`` ``uint8`` classes in {0, 1, 2, 3}, or ``None`` without a mask.
         indices: sagittal index of each slice along R.
         grid: the native <-> model mapping.
     """
@@ -403,6 +430,7 @@ def prepare_scan(
     slices: Literal["central", "all"] | Sequence[int] = "central",
     require_sagittal: bool = True,
     source: str | Path | None = None,
+    cover_field_of_view: bool = False,
 ) -> PreparedScan:
     """Preprocess a scan (and its class map, already mapped by :func:`spinesegdiff.data.labels.to_classes`).
 
@@ -414,10 +442,12 @@ def prepare_scan(
         require_sagittal: refuse scans acquired in the axial or coronal plane (their sagittal reformats are
             too coarse for the model); isotropic 3D scans are accepted.
         source: the image file, named in error messages.
+        cover_field_of_view: grow the model grid beyond 320 x 320 where the slice's field of view is larger
+            (:func:`plan_grid`): ``images`` are then ``(N, H, W)`` with ``H, W >= 320``.
     """
     if volume_zyx.ndim != 3:
         raise InputError(source, f"image is {volume_zyx.ndim}D, a 3D volume is expected")
-    grid = plan_grid(volume_zyx.shape, geometry)
+    grid = plan_grid(volume_zyx.shape, geometry, cover_field_of_view=cover_field_of_view)
     if require_sagittal and grid.plane in ("axial", "coronal"):
         raise InputError(source, f"scan is {grid.plane}, not sagittal (spacing {geometry.spacing} mm)")
     normalised = normalise_intensity(volume_zyx, source=source)

@@ -253,10 +253,11 @@ def unet_slice(image_path: Path, unet: Any) -> Any:
     from spinesegdiff.anatomy import SagittalSlice
     from spinesegdiff.data.preprocess import native_slice, restore_probabilities
     from spinesegdiff.pipelines.predict import load_scan
+    from spinesegdiff.pipelines.tiling import presegment_canvas
 
     scan = load_scan(image_path)
     grid = scan.prepared.grid
-    probabilities = np.clip(restore_probabilities(unet(scan.prepared.images)[0], grid), 1e-8, 1.0)
+    probabilities = np.clip(restore_probabilities(presegment_canvas(unet, scan.prepared.images)[0], grid), 1e-8, 1.0)
     probabilities /= probabilities.sum(axis=0, keepdims=True)
     entropy = -(probabilities * np.log(probabilities)).sum(axis=0) / np.log(len(probabilities))
     index = scan.prepared.indices[0]

@@ -77,6 +77,7 @@ from spinesegdiff.pipelines.settings import (
     uncertainty_suffix,
 )
 from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
+from spinesegdiff.pipelines.tiling import Tiling, presegment_canvas, segment_canvas
 from spinesegdiff.pipelines.write_behind import WriteBehind
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
@@ -200,10 +201,12 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
     choice = _first_choice(grid, volume, slice_index, source)
     candidates = None
     if choice is not None and choice.chosen_by == "centre":  # the candidates of the choice by anatomy, at once
-        candidates = prepare_scan(array, geometry, slices=candidate_slices(grid), source=source)
+        candidates = prepare_scan(array, geometry, slices=candidate_slices(grid), source=source,
+                                  cover_field_of_view=True)
         prepared = _only(candidates, choice.index)
     else:
-        prepared = prepare_scan(array, geometry, slices="all" if volume else [choice.index], source=source)
+        prepared = prepare_scan(array, geometry, slices="all" if volume else [choice.index], source=source,
+                                cover_field_of_view=True)
     check_field_of_view(prepared, source)
     central = prepared.grid.central_index if choice is None else choice.index
     check_slice_signal(native_slice(array, prepared.grid, central), central, source)
@@ -287,6 +290,9 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
         "mode": "volume" if choice is None else "central slice",  # the paper's 2D setting: one sagittal slice
         "slice": None if choice is None else choice.to_dict(),
         "sampler": segmenter.describe(),
+        "model_grid": {"rows": int(grid.rows.model_size), "cols": int(grid.cols.model_size),
+                       "spacing_mm": float(grid.rows.model_spacing),
+                       "windows": len(Tiling(grid.rows.model_size, grid.cols.model_size).windows)},
         "plausibility": "off (--keep-all-parts)" if cleanup is None else cleanup.to_dict(),
     }
     return ScanSegmentation(source=scan.source, stem=scan.stem, image=scan.image, labels=labels,
@@ -299,11 +305,11 @@ def _sample_slices(images: np.ndarray, segmenter: Segmenter, progress: bool | No
     if progress is None:
         progress = not getattr(segmenter, "quiet", True)
     if not progress or len(images) < 2:
-        return segmenter.segment(images)
+        return segment_canvas(segmenter.segment, images)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(images), desc="slices", unit="slice", leave=False) as bar:
-        return segmenter.segment(images, progress=bar.update)
+        return segment_canvas(segmenter.segment, images, progress=bar.update)
 
 
 def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice]:
@@ -312,8 +318,9 @@ def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice
     grid = scan.prepared.grid
     prepared = scan.candidates
     if prepared is None:  # a LoadedScan made without them
-        prepared = prepare_scan(scan.image, scan.geometry, slices=candidate_slices(grid), source=scan.source)
-    labels = np.asarray(presegmenter(prepared.images)).argmax(axis=1)
+        prepared = prepare_scan(scan.image, scan.geometry, slices=candidate_slices(grid), source=scan.source,
+                                cover_field_of_view=True)
+    labels = presegment_canvas(presegmenter, prepared.images).argmax(axis=1)
     choice = choose_slice(prepared.indices, labels, grid.central_index)
     return dataclasses.replace(scan, prepared=_only(prepared, choice.index), slice_choice=choice), choice
 
