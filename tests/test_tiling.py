@@ -29,6 +29,9 @@ from spinesegdiff.pipelines.tiling import (
     Tiling,
     presegment_canvas,
     segment_canvas,
+    spine_region,
+    spine_region_of_labels,
+    starts_over,
     window_starts,
 )
 
@@ -52,7 +55,7 @@ def test_window_starts_refuse_a_canvas_smaller_than_the_window() -> None:
 
 def test_split_then_join_gives_back_any_per_pixel_map() -> None:
     canvas = np.random.default_rng(0).random((2, 3, 390, 350)).astype(np.float32)
-    tiling = Tiling(390, 350)
+    tiling = Tiling.of(np.empty((390, 350)))
     assert len(tiling.windows) == 4
     tiles = np.stack([np.stack([channel[r:r + 320, c:c + 320] for channel in image])
                       for image in canvas for r, c in tiling.windows])
@@ -61,7 +64,7 @@ def test_split_then_join_gives_back_any_per_pixel_map() -> None:
 
 
 def test_join_blends_towards_the_window_that_saw_more_context() -> None:
-    tiling = Tiling(400, 320)  # two windows: rows 0-319 and 80-399
+    tiling = Tiling.of(np.empty((400, 320)))  # two windows: rows 0-319 and 80-399
     tiles = np.stack([np.zeros((320, 320)), np.ones((320, 320))])
     joined = tiling.join(tiles)[0]
     assert joined[0, 0] == 0.0 and joined[-1, 0] == 1.0  # covered by one window only
@@ -103,6 +106,48 @@ def test_segment_canvas_equals_the_segmenter_on_the_whole_canvas() -> None:
         np.testing.assert_allclose(getattr(result, name), getattr(expected, name), atol=1e-6)
     np.testing.assert_array_equal(result.labels, expected.labels)
     assert result.network_calls == 8
+
+
+def test_windows_around_a_region_cover_it_and_leave_the_rest_background() -> None:
+    canvas = np.empty((400, 700))
+    tiling = Tiling.around(canvas, (10, 390, 400, 560))  # 380 rows x 160 columns
+    assert tiling.row_starts == (10, 70) and tiling.col_starts == (320,)  # one column of windows, about the region
+    assert starts_over(0, 50, 700) == [0] and starts_over(650, 700, 700) == [380]  # kept inside the axis
+    tiles = np.full((2, 4, 320, 320), 0.25, dtype=np.float32)
+    joined = tiling.join(tiles, background_channel=0)
+    assert joined.shape == (1, 4, 400, 700)
+    np.testing.assert_allclose(joined[0, :, 10:390, 320:640], 0.25)
+    np.testing.assert_array_equal(joined[0, 1:, :10], 0.0)
+    np.testing.assert_array_equal(joined[0, 0, :, :320], 1.0)
+    np.testing.assert_array_equal(joined[0, 1:, :, 640:], 0.0)
+
+
+def test_spine_region_is_the_structures_box_with_its_margin() -> None:
+    labels = np.zeros((2, 400, 500), dtype=np.uint8)
+    labels[0, 100:200, 300:350] = 2
+    labels[1, 150:390, 320:330] = 1
+    assert spine_region_of_labels(labels, margin=32) == (68, 400, 268, 382)
+    probabilities = np.zeros((1, 4, 400, 500), dtype=np.float32)
+    probabilities[0, 0] = 1.0
+    assert spine_region(probabilities) is None
+    probabilities[0, 3, 5, 7] = 2.0
+    assert spine_region(probabilities, margin=0) == (5, 6, 7, 8)
+
+
+def test_segment_canvas_with_a_presegmenter_samples_only_around_its_spine() -> None:
+    images = np.zeros((1, 400, 700), dtype=np.uint8)
+    images[0, 20:380, 450:520] = 255  # a bright column: class 1 for the fake segmenter
+    seen: list[tuple[int, ...]] = []
+
+    def segment(batch: np.ndarray) -> SliceSegmentation:
+        seen.append(batch.shape)
+        return _fake_result(batch)
+
+    result = segment_canvas(segment, images, presegmenter=lambda batch: _fake_result(batch).class_probabilities)
+    assert seen == [(2, 320, 320)]  # 2 of the 6 windows of the canvas
+    expected = _fake_result(images)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+    np.testing.assert_allclose(result.class_probabilities, expected.class_probabilities, atol=1e-6)
 
 
 def test_a_320_canvas_passes_straight_through() -> None:
@@ -163,7 +208,7 @@ def test_predict_segments_the_whole_field_of_view(tiny_model: Path, tmp_path: Pa
     done = predict("-i", str(scan), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "tall.json").read_text(encoding="utf-8"))
-    assert report["model_grid"] == {"rows": 470, "cols": 329, "spacing_mm": 1.0, "windows": 4}
+    assert report["model_grid"] == {"rows": 470, "cols": 329, "spacing_mm": 1.0, "cropped": False}
 
 
 def test_shipped_pipeline_segments_the_vertebra_beyond_the_central_320_mm() -> None:

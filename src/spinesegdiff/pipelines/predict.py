@@ -77,7 +77,12 @@ from spinesegdiff.pipelines.settings import (
     uncertainty_suffix,
 )
 from spinesegdiff.pipelines.summary import check_summary, summary_path, summary_row, write_summary
-from spinesegdiff.pipelines.tiling import Tiling, presegment_canvas, segment_canvas
+from spinesegdiff.pipelines.tiling import (
+    model_grid_summary,
+    presegment_canvas,
+    segment_canvas,
+    spine_region_of_labels,
+)
 from spinesegdiff.pipelines.write_behind import WriteBehind
 
 MIN_FIELD_OF_VIEW_MM = {"superior-inferior": 60.0, "anterior-posterior": 40.0}
@@ -290,9 +295,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
         "mode": "volume" if choice is None else "central slice",  # the paper's 2D setting: one sagittal slice
         "slice": None if choice is None else choice.to_dict(),
         "sampler": segmenter.describe(),
-        "model_grid": {"rows": int(grid.rows.model_size), "cols": int(grid.cols.model_size),
-                       "spacing_mm": float(grid.rows.model_spacing),
-                       "windows": len(Tiling(grid.rows.model_size, grid.cols.model_size).windows)},
+        "model_grid": model_grid_summary(grid),
         "plausibility": "off (--keep-all-parts)" if cleanup is None else cleanup.to_dict(),
     }
     return ScanSegmentation(source=scan.source, stem=scan.stem, image=scan.image, labels=labels,
@@ -304,12 +307,13 @@ def _sample_slices(images: np.ndarray, segmenter: Segmenter, progress: bool | No
     """``segmenter.segment(images)``, with a progress bar per slice when there are several and ``progress``."""
     if progress is None:
         progress = not getattr(segmenter, "quiet", True)
+    presegmenter = segmenter.presegmenter
     if not progress or len(images) < 2:
-        return segment_canvas(segmenter.segment, images)
+        return segment_canvas(segmenter.segment, images, presegmenter=presegmenter)
     from tqdm.auto import tqdm
 
     with tqdm(total=len(images), desc="slices", unit="slice", leave=False) as bar:
-        return segment_canvas(segmenter.segment, images, progress=bar.update)
+        return segment_canvas(segmenter.segment, images, presegmenter=presegmenter, progress=bar.update)
 
 
 def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice]:
@@ -320,7 +324,14 @@ def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice
     if prepared is None:  # a LoadedScan made without them
         prepared = prepare_scan(scan.image, scan.geometry, slices=candidate_slices(grid), source=scan.source,
                                 cover_field_of_view=True)
-    labels = presegment_canvas(presegmenter, prepared.images).argmax(axis=1)
+    # the central candidate on the whole canvas; the others only around the spine it shows
+    centre = prepared.indices.index(grid.central_index)
+    central = presegment_canvas(presegmenter, prepared.images[centre:centre + 1]).argmax(axis=1)
+    labels = central
+    if len(prepared.images) > 1:
+        others = presegment_canvas(presegmenter, np.delete(prepared.images, centre, axis=0),
+                                   region=spine_region_of_labels(central))
+        labels = np.insert(others.argmax(axis=1), centre, central[0], axis=0)
     choice = choose_slice(prepared.indices, labels, grid.central_index)
     return dataclasses.replace(scan, prepared=_only(prepared, choice.index), slice_choice=choice), choice
 

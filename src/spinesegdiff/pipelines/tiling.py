@@ -59,31 +59,55 @@ def _axis_weights(start: int, window: int, size: int) -> np.ndarray:
     return np.maximum(weights, 1.0 / EDGE_RAMP)
 
 
+Region = tuple[int, int, int, int]
+"""``(first row, end row, first column, end column)`` of a canvas, ends exclusive."""
+
+
+def starts_over(first: int, end: int, size: int, window: int = MODEL_SIZE) -> list[int]:
+    """Window starts covering pixels ``[first, end)`` of an axis of ``size`` pixels (:func:`window_starts` over that
+    span, widened to one window about its centre where shorter, and kept inside the axis)."""
+    length = min(size, max(end - first, window))
+    offset = int(np.clip(round((first + end - length) / 2), 0, size - length))
+    return [offset + start for start in window_starts(length, window)]
+
+
 @dataclass(frozen=True)
 class Tiling:
-    """The windows of an ``(H, W)`` canvas.
+    """The windows of an ``(H, W)`` canvas: all of it (:meth:`of`) or a region of it (:meth:`around`).
 
     Attributes:
         height, width: the canvas, at least ``window`` each.
+        row_starts, col_starts: first row and first column of the windows (every pair is a window).
         window: the network's side (320).
     """
 
     height: int
     width: int
+    row_starts: tuple[int, ...]
+    col_starts: tuple[int, ...]
     window: int = MODEL_SIZE
 
     @classmethod
     def of(cls, images: np.ndarray, window: int = MODEL_SIZE) -> Tiling:
-        """The tiling of ``(..., H, W)`` images."""
-        return cls(int(images.shape[-2]), int(images.shape[-1]), window)
+        """The windows covering the whole canvas of ``(..., H, W)`` images."""
+        return cls.around(images, None, window)
+
+    @classmethod
+    def around(cls, images: np.ndarray, region: Region | None, window: int = MODEL_SIZE) -> Tiling:
+        """The fewest windows covering ``region`` of the canvas of ``(..., H, W)`` images (``None``: all of it)."""
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        first_row, end_row, first_col, end_col = region if region is not None else (0, height, 0, width)
+        return cls(height, width, tuple(starts_over(first_row, end_row, height, window)),
+                   tuple(starts_over(first_col, end_col, width, window)), window)
 
     @property
     def windows(self) -> list[tuple[int, int]]:
         """``(row, column)`` of each window's top-left pixel, row by row."""
-        return [(r, c) for r in window_starts(self.height, self.window) for c in window_starts(self.width, self.window)]
+        return [(r, c) for r in self.row_starts for c in self.col_starts]
 
     @property
     def is_single(self) -> bool:
+        """The canvas is one window (nothing to cut or blend)."""
         return self.height == self.window and self.width == self.window
 
     def split(self, images: np.ndarray) -> np.ndarray:
@@ -91,8 +115,10 @@ class Tiling:
         w = self.window
         return np.stack([image[r:r + w, c:c + w] for image in images for r, c in self.windows])
 
-    def join(self, tiles: np.ndarray) -> np.ndarray:
+    def join(self, tiles: np.ndarray, *, background_channel: int | None = None) -> np.ndarray:
         """``(N * k, ..., window, window)`` per-pixel outputs -> ``(N, ..., H, W)`` float32, the blended mean.
+
+        Pixels no window covers are 0, and 1 in ``background_channel`` (axis 1 of the output) when one is named.
 
         Raises:
             ValueError: the number of tiles is not a multiple of the windows per slice.
@@ -108,25 +134,70 @@ class Tiling:
             weight = np.outer(_axis_weights(r, w, self.height), _axis_weights(c, w, self.width))
             out[..., r:r + w, c:c + w] += tiles[k::len(windows)] * weight
             total[r:r + w, c:c + w] += weight
-        return out / total
+        covered = total > 0
+        out = np.where(covered, out / np.where(covered, total, 1.0), 0.0).astype(np.float32)
+        if background_channel is not None:
+            out[:, background_channel][:, ~covered] = 1.0
+        return out
+
+
+SPINE_MARGIN = 32
+"""Pixels (mm) kept around the presegmenter's spine when only that region is refined (:func:`segment_canvas`)."""
+
+
+def spine_region(class_probabilities: np.ndarray, margin: int = SPINE_MARGIN) -> Region | None:
+    """The bounding box of every pixel of ``(N, 4, H, W)`` class probabilities whose most likely class is a
+    structure, over all slices, widened by ``margin`` and kept inside the canvas; ``None`` when there is none."""
+    return spine_region_of_labels(np.asarray(class_probabilities).argmax(axis=1), margin)
+
+
+def spine_region_of_labels(labels: np.ndarray, margin: int = SPINE_MARGIN) -> Region | None:
+    """:func:`spine_region` of ``(N, H, W)`` class maps (0 background)."""
+    foreground = (np.asarray(labels) > 0).any(axis=0)
+    if not foreground.any():
+        return None
+    rows, cols = np.nonzero(foreground.any(axis=1))[0], np.nonzero(foreground.any(axis=0))[0]
+    height, width = foreground.shape
+    return (max(0, int(rows[0]) - margin), min(height, int(rows[-1]) + 1 + margin),
+            max(0, int(cols[0]) - margin), min(width, int(cols[-1]) + 1 + margin))
+
+
+def model_grid_summary(grid) -> dict:
+    """What the JSON report says of a scan's model grid (a :class:`~spinesegdiff.data.preprocess.SagittalGrid`):
+    its size and spacing, and whether the scan's field of view was larger than even a grown grid (then cropped
+    to its centre)."""
+    axes = (grid.rows, grid.cols)
+    return {"rows": int(grid.rows.model_size), "cols": int(grid.cols.model_size),
+            "spacing_mm": float(grid.rows.model_spacing),
+            "cropped": any(axis.field_of_view_mm > axis.model_size * axis.model_spacing + 1e-6 for axis in axes)}
 
 
 def join_segmentations(tiling: Tiling, tiles: SliceSegmentation) -> SliceSegmentation:
-    """Window results -> canvas results: every map blended (:meth:`Tiling.join`), the labels the argmax of the
-    blended class probabilities (as every sampler makes them), the network calls summed."""
-    arrays = {name: tiling.join(getattr(tiles, name)) for name in ARRAY_FIELDS if name != "labels"}
+    """Window results -> canvas results: every map blended (:meth:`Tiling.join`; background where no window
+    reached), the labels the argmax of the blended class probabilities (as every sampler makes them), the
+    network calls summed."""
+    arrays = {name: tiling.join(getattr(tiles, name), background_channel=0 if name == "class_probabilities" else None)
+              for name in ARRAY_FIELDS if name != "labels"}
     arrays["labels"] = arrays["class_probabilities"].argmax(axis=1).astype(np.uint8)
     return SliceSegmentation(**arrays, network_calls=tiles.network_calls)
 
 
 def segment_canvas(segment: Callable[..., SliceSegmentation], images: np.ndarray, *,
+                   presegmenter: Callable[[np.ndarray], np.ndarray] | None = None,
                    progress: Callable[[int], object] | None = None) -> SliceSegmentation:
     """``segment`` (a segmenter's ``segment``: ``(n, 320, 320) uint8 -> SliceSegmentation``) on ``(N, H, W)``
-    canvases of any size >= 320; ``progress`` is called with whole slices finished, as ``segment`` does."""
+    canvases of any size >= 320.
+
+    With the segmenter's ``presegmenter`` (a refining segmenter) only the windows around the spine it finds
+    (:func:`spine_region`) are sampled, and the rest of the canvas is background, as the presegmentation says;
+    without, every window is. ``progress`` is called with whole slices finished, as ``segment`` does.
+    """
     images = np.asarray(images)
     tiling = Tiling.of(images)
     if tiling.is_single:
         return segment(images) if progress is None else segment(images, progress=progress)
+    if presegmenter is not None:
+        tiling = Tiling.around(images, spine_region(presegment_canvas(presegmenter, images)))
     per_slice = len(tiling.windows)
     done = [0]
 
@@ -141,11 +212,13 @@ def segment_canvas(segment: Callable[..., SliceSegmentation], images: np.ndarray
     return join_segmentations(tiling, result)
 
 
-def presegment_canvas(presegmenter: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
+def presegment_canvas(presegmenter: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *,
+                      region: Region | None = None) -> np.ndarray:
     """A presegmenter (``(n, 320, 320) uint8 -> (n, 4, 320, 320)`` class probabilities) on ``(N, H, W)``
-    canvases of any size >= 320 -> ``(N, 4, H, W)`` float32 class probabilities."""
+    canvases of any size >= 320 -> ``(N, 4, H, W)`` float32 class probabilities; with ``region`` only the
+    windows around it are run (background elsewhere)."""
     images = np.asarray(images)
-    tiling = Tiling.of(images)
+    tiling = Tiling.around(images, region)
     if tiling.is_single:
         return np.asarray(presegmenter(images), dtype=np.float32)
-    return tiling.join(np.asarray(presegmenter(tiling.split(images)), dtype=np.float32))
+    return tiling.join(np.asarray(presegmenter(tiling.split(images)), dtype=np.float32), background_channel=0)
