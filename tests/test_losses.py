@@ -163,3 +163,25 @@ def test_min_snr_gamma_is_a_validated_optimisation_setting() -> None:
     with pytest.raises(ValueError, match="max_noise_weight"):
         OptimisationSettings(min_snr_gamma=5.0, snr_floor=1.0, max_noise_weight=0.0)
     assert OptimisationSettings(min_snr_gamma=5.0, snr_floor=1.0).max_noise_weight == 100.0
+
+
+def test_noisier_timesteps_draw_the_asked_share_from_the_noisier_half() -> None:
+    from spinesegdiff.training.loop import noisier_timesteps
+
+    generator = torch.Generator().manual_seed(0)
+    all_noisy = noisier_timesteps(1000, 4000, 1.0, generator, torch.device("cpu"))
+    assert int(all_noisy.min()) >= 500 and int(all_noisy.max()) == 999
+    uniform = noisier_timesteps(1000, 4000, 0.0, generator, torch.device("cpu"))
+    assert int(uniform.min()) == 0 and abs(float((uniform >= 500).float().mean()) - 0.5) < 0.03
+    half = noisier_timesteps(1000, 4000, 0.5, generator, torch.device("cpu"))
+    assert abs(float((half >= 500).float().mean()) - 0.75) < 0.03  # 0.5 + 0.5 * 0.5
+    assert int(half.min()) >= 0 and int(half.max()) <= 999
+
+
+def test_high_noise_share_is_a_validated_optimisation_setting() -> None:
+    from spinesegdiff.training.config import OptimisationSettings
+
+    assert OptimisationSettings().high_noise_share == 0.0
+    assert OptimisationSettings(high_noise_share=0.5).high_noise_share == 0.5
+    with pytest.raises(ValueError, match="high_noise_share must lie in"):
+        OptimisationSettings(high_noise_share=1.5)

@@ -348,3 +348,22 @@ def test_learning_rate_schedules_by_hand() -> None:
     assert learning_rate(54, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(0.02 + 0.98 * 0.5)
     assert learning_rate(104, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(0.02)
     assert learning_rate(500, 104, lr=1.0, schedule="cosine", warmup_steps=4) == pytest.approx(0.02)
+
+
+def test_high_noise_share_reaches_the_loss(small_cache, tmp_path: Path, monkeypatch) -> None:
+    import spinesegdiff.training.loop as loop
+
+    seen: list[torch.Tensor] = []
+    original = loop.training_loss
+
+    def recording_loss(*args, **kwargs):
+        seen.append(kwargs.get("timesteps"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_loss", recording_loss)
+    train(_config(small_cache.root, tmp_path / "noisy", high_noise_share=1.0, epochs=1),
+          progress=False, stop_after_steps=3)
+    assert len(seen) == 3 and all(t is not None and int(t.min()) >= 500 for t in seen)
+    seen.clear()
+    train(_config(small_cache.root, tmp_path / "plain", epochs=1), progress=False, stop_after_steps=2)
+    assert seen == [None, None]  # uniform steps, drawn inside training_loss

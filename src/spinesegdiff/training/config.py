@@ -46,7 +46,9 @@ class OptimisationSettings:
     ``min_snr_gamma`` (noise-predicting models, IISDM): weight each sample's loss by Min-SNR-gamma
     (:func:`~spinesegdiff.training.losses.min_snr_weights`; ``None``: plain MSE); with it, ``snr_floor`` also
     raises the x0 weight of the noisy steps to that floor (truncated SNR), the noise weight capped at
-    ``max_noise_weight``.
+    ``max_noise_weight``. ``high_noise_share`` (diffusion training from the truth): that share of each batch
+    draws its step from the noisier half of the schedule, ``[T/2, T)``, the rest from all of it (more
+    high-noise samples, where a noise-predicting model must learn to read the image; 0: uniform).
     """
 
     epochs: int = 300
@@ -61,8 +63,11 @@ class OptimisationSettings:
     min_snr_gamma: float | None = None
     snr_floor: float | None = None
     max_noise_weight: float = DEFAULT_MAX_NOISE_WEIGHT
+    high_noise_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.high_noise_share <= 1.0:
+            raise ValueError(f"high_noise_share must lie in [0, 1], got {self.high_noise_share}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive (or null), got {self.min_snr_gamma}")
         if self.snr_floor is not None and (self.min_snr_gamma is None or not 0 < self.snr_floor < self.min_snr_gamma):

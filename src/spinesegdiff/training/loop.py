@@ -105,6 +105,16 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
     return segmentation_loss(output.float(), target01)
 
 
+def noisier_timesteps(num_train_timesteps: int, batch: int, share: float, generator: torch.Generator,
+                      device: torch.device) -> torch.Tensor:
+    """``(batch,)`` training steps: with probability ``share`` uniform on the noisier half ``[T/2, T)``, else on
+    ``[0, T)`` (``T = num_train_timesteps``)."""
+    noisier = torch.rand(batch, generator=generator, device=device) < share
+    low = torch.where(noisier, num_train_timesteps // 2, 0)
+    span = num_train_timesteps - low
+    return low + (torch.rand(batch, generator=generator, device=device) * span).long().clamp_max(span - 1)
+
+
 def _preseg_timesteps(config: TrainConfig, batch: int, generator: torch.Generator,
                       device: torch.device) -> torch.Tensor:
     """Refinement training steps: uniform on ``[0, focus]`` with probability ``focus_share``, else on
@@ -215,10 +225,13 @@ def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfi
         image, labels = training_batch(run.cache, chosen, device, config.augment, state.generator, run.neighbours)
     else:
         image, labels = slab_training_batch(run.slabs.train, chosen, device, config.augment, state.generator)
-    refine: dict[str, torch.Tensor] = {}
+    noising: dict[str, torch.Tensor] = {}
+    if presegmenter is None and run.diffusion and settings.high_noise_share > 0:
+        noising = {"timesteps": noisier_timesteps(run.scheduler.schedule.num_train_timesteps, len(chosen),
+                                                 settings.high_noise_share, state.generator, device)}
     if presegmenter is not None:
         patients = [run.cache.entries[i].patient for i in chosen]
-        refine = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
+        noising = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
                   "timesteps": _preseg_timesteps(config, len(chosen), state.generator, device)}
     use_amp = config.runtime.amp and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -226,7 +239,7 @@ def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfi
             loss, _ = training_loss(model, image * 2 - 1, labels, schedule=run.scheduler.schedule,
                                     prediction_type=run.scheduler.prediction_type, generator=state.generator,
                                     min_snr_gamma=settings.min_snr_gamma, snr_floor=settings.snr_floor,
-                                    max_noise_weight=settings.max_noise_weight, **refine)
+                                    max_noise_weight=settings.max_noise_weight, **noising)
         else:
             loss, _ = dice_cross_entropy_loss(model(image * 2 - 1).float(), labels)
     state.optimizer.zero_grad(set_to_none=True)
