@@ -103,12 +103,13 @@ def reference_seconds(scan: Path, steps: int) -> float:
     from spinesegdiff.assets import default_model_path
     from spinesegdiff.pipelines.predict import load_scan
     from spinesegdiff.pipelines.segmenter import SamplerSettings, Segmenter
+    from spinesegdiff.pipelines.tiling import segment_canvas
 
     image = load_scan(scan).prepared.images
     settings = SamplerSettings(precision="fp32", backend="torch")
     segmenter = Segmenter.from_checkpoint(default_model_path(), device="cpu", settings=settings, quiet=True)
     started = time.perf_counter()
-    segmenter.segment(image, reference_procedure=True, reference_steps=steps)
+    segment_canvas(lambda windows: segmenter.segment(windows, reference_procedure=True, reference_steps=steps), image)
     return time.perf_counter() - started
 
 
