@@ -23,6 +23,7 @@ from spinesegdiff.data.labels import to_classes
 from spinesegdiff.data.preprocess import plan_grid, prepare_scan
 from spinesegdiff.pipelines.midline import POSTERIOR_WEIGHT, candidate_slices, choose_slice, midline_score
 from spinesegdiff.pipelines.presegmenters import load_presegmenter
+from spinesegdiff.pipelines.tiling import presegment_canvas
 
 
 def _reference_best(classes: np.ndarray, candidates: list[int]) -> tuple[int, dict[int, float]]:
@@ -71,8 +72,9 @@ def main() -> None:
             array, geometry = read_image(image)
             grid = plan_grid(array.shape, geometry)
             searched = candidate_slices(grid)
-            prepared = prepare_scan(array, geometry, slices=searched)
-            choice = choose_slice(searched, unet(prepared.images).argmax(axis=1), grid.central_index)
+            prepared = prepare_scan(array, geometry, slices=searched, cover_field_of_view=True)  # as predict does
+            labels = presegment_canvas(unet, prepared.images).argmax(axis=1)
+            choice = choose_slice(searched, labels, grid.central_index)
             truth = index[kind][image.stem]["midline_slice"]
             rows.append((choice.index, truth, grid.central_index, float("nan")))
         _report(f"external {kind} (21 slices, 1 mm)", rows)

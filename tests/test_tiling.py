@@ -229,3 +229,15 @@ def test_shipped_pipeline_segments_the_vertebra_beyond_the_central_320_mm() -> N
                          (grid.rows.native_spacing, grid.cols.native_spacing))
     assert scores["body_recall"] > 0.85, scores
     assert scores["body_dice"] > 0.9, scores
+
+
+def test_the_report_says_when_even_a_grown_grid_crops_the_field() -> None:
+    from spinesegdiff.pipelines.tiling import model_grid_summary
+
+    tall = make_phantom(shape=(3, 1200, 300), spacing=(1.0, 1.0, 3.0), seed=1)  # 1200 mm superior-inferior
+    grid = plan_grid(tall.image.shape, tall.geometry, cover_field_of_view=True)
+    assert model_grid_summary(grid) == {"rows": MAX_CANVAS, "cols": 320, "spacing_mm": 1.0, "cropped": True}
+    small = make_phantom(shape=(3, 200, 150), spacing=(1.2, 1.2, 3.0), seed=1)
+    small_grid = plan_grid(small.image.shape, small.geometry, cover_field_of_view=True)
+    assert model_grid_summary(small_grid)["cropped"] is False
+    assert model_grid_summary(plan_grid(tall.image.shape, tall.geometry))["cropped"] is True  # the fixed grid
