@@ -83,8 +83,19 @@ def write_cohort(folder: Path) -> dict[str, Phantom]:
         "worst": write_result(folder, "worst", seed=2, uncertainty_mean=0.31),
         "stack": write_result(folder, "stack", seed=3, uncertainty_mean=0.07, volume=True),
         "lost": write_result(folder, "lost", seed=4, uncertainty_mean=0.12, image="missing"),
-        "odd": write_result(folder, "odd", seed=5, uncertainty_mean=0.19, verdict="doubtful", extra={
-            "discs": [{"level": "L4-L5", "height_mm": 9.5, "height_index": 0.31, "signal_ratio": 1.2,
-                       "canal_ap_mm": 12.0, "uncertainty": 0.08}],
-            "vertebrae": [{"level": "L5", "height_mm": 25.0, "slip_mm": 1.5, "uncertainty": 0.04}]}),
+        "odd": write_result(folder, "odd", seed=5, uncertainty_mean=0.19, verdict="doubtful", extra=level_report(5)),
     }
+
+
+def level_report(seed: int) -> dict[str, Any]:
+    """The ``levels``, ``discs`` and ``vertebrae`` entries ``predict`` writes, made by the real
+    :func:`~spinesegdiff.anatomy.scan_levels` on the central slice of :func:`write_result`'s phantom of ``seed``
+    (the lowest disc is cut by the image edge: the naming is doubtful, and the cut discs partial)."""
+    from spinesegdiff.anatomy import scan_levels
+    from spinesegdiff.data.preprocess import plan_grid
+
+    phantom = make_phantom(shape=SHAPE, spacing=SPACING, seed=seed, num_vertebrae=4)
+    central = SHAPE[0] // 2
+    report = scan_levels(phantom.labels, plan_grid(phantom.labels.shape, phantom.geometry), [central],
+                         image_zyx=phantom.image, uncertainty_zyx=uncertainty_field(phantom, [central]))
+    return json.loads(json.dumps(report.to_dict()))

@@ -89,7 +89,12 @@ def test_read_cases_reads_reports_finds_scans_and_flags_what_is_missing(tmp_path
     assert by_name["stack"].mode == "volume" and by_name["stack"].slices == (0, 1, 2)
     assert by_name["stack"].structures["VB"]["volume_mm3"] > 0 and by_name["stack"].structures["VB"]["area_mm2"] is None
     assert by_name["odd"].verdict == "doubtful" and by_name["odd"].reasons == ("too few discs",)
-    assert by_name["odd"].discs[0]["level"] == "L4-L5" and by_name["odd"].vertebrae[0]["slip_mm"] == 1.5
+    odd = by_name["odd"]
+    assert [d["level"] for d in odd.discs] == ["L3-L4", "L4-L5", "L5-S1"] and odd.vertebrae[0]["level"] == "L4"
+    disc = odd.discs[1]  # the uncertainty of each measure survives: edge entropy and [low, high] ranges
+    assert disc["height_mm"] == 10.0 and disc["uncertainty"]["height_mm"] == [9.72, 14.17]
+    assert 0 < disc["uncertainty"]["boundary_entropy"] < 1 and odd.discs[0]["uncertainty"]["height_mm"] is None
+    assert odd.levels["doubtful"] is True and "lower edge" in odd.levels["reason"]
     assert by_name["worst"].uncertainty_mean == pytest.approx(0.31)
     assert sorted(collection.notes) == [f"{out / 'broken.json'}: skipped: not a readable JSON report (JSONDecodeError)",
                                         f"{out / 'notes.json'}: skipped: not a spinesegdiff report (no outputs and "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from review_helpers import SHAPE, uncertainty_field, write_cohort
+from review_helpers import SHAPE, level_report, uncertainty_field, write_cohort
 from spinesegdiff.review import build_review, read_decisions
 
 CHROMIUM = Path(os.environ.get("SPINESEGDIFF_CHROMIUM", "/usr/bin/chromium"))
@@ -228,8 +228,12 @@ def test_layers_toggle_fade_zoom_and_step_through_slices(driver, cohort) -> None
     details = driver.find_element(By.ID, "details").text
     assert "mean uncertainty: 0.0200" in details
     press(driver, "k", "k", "k")
-    assert selected(driver) == "odd" and "L4-L5" in driver.find_element(By.ID, "details").text
-    assert "too few discs" in driver.find_element(By.ID, "details").text
+    details = driver.find_element(By.ID, "details").text
+    assert selected(driver) == "odd" and "too few discs" in details
+    assert "doubtful: the lowest disc is cut by the image's lower edge" in details  # the naming note
+    assert "L4-L5 10.0 (9.7–14.2)" in details and "L5-S1 (partial)" in details  # a measure with its range
+    entropy = level_report(5)["discs"][1]["uncertainty"]["boundary_entropy"]  # "odd" is written with seed 5
+    assert f"{entropy:.3f}" in details and "NaN" not in details
     assert severe(driver) == []
 
 

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,9 @@ class CaseRecord:
         reasons: why the quality check found the result doubtful.
         measures: the quality check's measures (numbers by name).
         flags: what the reviewer should know (``image not found``, ``segmentation missing``, ...).
-        discs, vertebrae: per-level measurements when the report has them.
+        discs, vertebrae: per-level measurements when the report has them (scalar fields, and ``uncertainty``:
+            ``boundary_entropy`` and a ``[low, high]`` range per measure).
+        levels: how the levels were named (``named_from``, ``doubtful``, ``reason``, ...), when the report says.
         citation: the report's data citation, if any.
     """
 
@@ -76,6 +78,7 @@ class CaseRecord:
     flags: tuple[str, ...]
     discs: tuple[dict[str, Any], ...] = ()
     vertebrae: tuple[dict[str, Any], ...] = ()
+    levels: dict[str, Any] = field(default_factory=dict)
     citation: str | None = None
 
     @property
@@ -119,10 +122,29 @@ def _scalars(mapping: Any) -> dict[str, Any]:
     return {str(k)[:80]: _scalar(v) for k, v in mapping.items() if v is None or isinstance(v, bool | str | int | float)}
 
 
+def _range(value: Any) -> list[float] | None:
+    """A ``[low, high]`` pair of finite numbers, else ``None``."""
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    pair = [_number(v) for v in value]
+    return None if None in pair else pair
+
+
+def _level_entry(item: dict[str, Any]) -> dict[str, Any]:
+    """A disc or vertebra of the report: its scalar fields, and of its ``uncertainty`` the edge entropy and the
+    ``[low, high]`` range of each measure."""
+    entry = _scalars(item)
+    spread = item.get("uncertainty")
+    if isinstance(spread, dict):
+        entry["uncertainty"] = {"boundary_entropy": _number(spread.get("boundary_entropy")),
+                                **{str(k)[:40]: _range(v) for k, v in spread.items() if k != "boundary_entropy"}}
+    return entry
+
+
 def _levels(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list):
         return ()
-    return tuple(_scalars(item) for item in value[:MAX_LEVELS] if isinstance(item, dict))
+    return tuple(_level_entry(item) for item in value[:MAX_LEVELS] if isinstance(item, dict))
 
 
 def _find_image(recorded: str | None, folder: Path) -> Path | None:
@@ -207,6 +229,7 @@ def read_report(report: Path, folder: Path) -> CaseRecord:
         quality_score=score if score is not None and 0.0 <= score <= 1.0 else None, verdict=verdict,
         reasons=reasons, measures=_scalars(quality.get("measures")), flags=tuple(flags),
         discs=_levels(data.get("discs")), vertebrae=_levels(data.get("vertebrae")),
+        levels=_scalars(data.get("levels")),
         citation=data["citation"][:300] if isinstance(data.get("citation"), str) else None)
 
 

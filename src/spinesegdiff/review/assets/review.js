@@ -335,16 +335,33 @@
     if (c.score !== null) facts.push(`quality score: ${number(c.score, 3)}`);
     facts.push(`scan: ${c.path || "not recorded"}`);
     parts.push(list(facts.concat(c.reasons.map((reason) => `reason: ${reason}`))));
+    const naming = c.levels || {};
+    if (naming.named_from) {
+      parts.push(list([`named from the ${naming.named_from}` +
+        (naming.doubtful ? `; doubtful: ${text(naming.reason)}` : "")]));
+    }
+    // a measure with the range it spans over the confident and the generous pixels, as the report gives it
+    const spread = (entry) => (entry.uncertainty && typeof entry.uncertainty === "object" ? entry.uncertainty : {});
+    const ranged = (entry, key, digits) => {
+      const range = spread(entry)[key];
+      const shown = number(entry[key], digits);
+      if (!Array.isArray(range) || entry[key] === null || entry[key] === undefined || range[0] === range[1]) return shown;
+      return `${shown} (${number(range[0], digits)}–${number(range[1], digits)})`;
+    };
+    const edge = (entry) => number(spread(entry).boundary_entropy, 3);
+    const name = (entry) => text(entry.level || "unnamed") + (entry.partial ? " (partial)" : "");
     if (c.discs.length) {
       parts.push(heading("Discs"));
-      parts.push(table(["level", "height (mm)", "height index", "signal ratio", "canal AP (mm)", "uncertainty"],
-        c.discs.map((d) => [text(d.level), number(d.height_mm, 1), number(d.height_index, 2),
-          number(d.signal_ratio, 2), number(d.canal_ap_mm, 1), number(d.uncertainty, 3)])));
+      parts.push(table(["level", "height (mm)", "height index", "depth index", "signal ratio", "canal AP (mm)",
+        "edge uncertainty"],
+        c.discs.map((d) => [name(d), ranged(d, "height_mm", 1), number(d.height_index, 2), number(d.depth_index, 2),
+          number(d.signal_ratio, 2), ranged(d, "canal_ap_mm", 1), edge(d)])));
     }
     if (c.vertebrae.length) {
       parts.push(heading("Vertebrae"));
-      parts.push(table(["level", "height (mm)", "slip (mm)", "uncertainty"],
-        c.vertebrae.map((v) => [text(v.level), number(v.height_mm, 1), number(v.slip_mm, 1), number(v.uncertainty, 3)])));
+      parts.push(table(["level", "height (mm)", "slip (mm)", "slip (%)", "edge uncertainty"],
+        c.vertebrae.map((v) => [name(v), ranged(v, "height_mm", 1), ranged(v, "slip_mm", 1), number(v.slip_percent, 1),
+          edge(v)])));
     }
     $("details").replaceChildren(...parts);
   }
