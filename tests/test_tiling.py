@@ -241,3 +241,16 @@ def test_the_report_says_when_even_a_grown_grid_crops_the_field() -> None:
     small_grid = plan_grid(small.image.shape, small.geometry, cover_field_of_view=True)
     assert model_grid_summary(small_grid)["cropped"] is False
     assert model_grid_summary(plan_grid(tall.image.shape, tall.geometry))["cropped"] is True  # the fixed grid
+
+
+def test_predict_warns_when_the_field_is_cropped(tiny_model: Path, tmp_path: Path, spine_judgement_off) -> None:
+    from predict_helpers import FAST, predict
+
+    tall = make_phantom(shape=(3, 1100, 200), spacing=(1.0, 1.0, 3.0), seed=2)  # 1100 mm superior-inferior
+    scan = write_image(tmp_path / "whole.mha", (tall.image * 800).astype(np.int16), tall.geometry)
+    done = predict("-i", str(scan), "-o", str(tmp_path / "out"), "--model", str(tiny_model), *FAST)
+    assert done.returncode == 0, done.stderr
+    assert (f"spinesegdiff: warning: {scan}: the field of view is larger than the model grid can hold: only the "
+            "central 1024 mm of its 1100 mm superior-inferior were segmented") in done.stderr
+    report = json.loads((tmp_path / "out" / "whole.json").read_text(encoding="utf-8"))
+    assert report["model_grid"]["cropped"] is True

@@ -124,7 +124,8 @@ def spine_measures(labels: np.ndarray) -> dict[str, Any]:
 
 
 class QualityWarning(UserWarning):
-    """A segmentation that was written but does not look like a whole lumbar spine (see :func:`spine_quality`)."""
+    """A segmentation that was written but is doubtful: it does not look like a whole lumbar spine (see
+    :func:`spine_quality`), or the scan's field of view was larger than even a grown model grid holds."""
 
 
 # Limits of a plausible result on the central sagittal slice; the real scans' extremes are in brackets.

@@ -288,6 +288,14 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
     quality.update(quality_score(result.labels[central], result.uncertainty[central],
                                  removed_mm2=cleanup.per_slice_mm2[central] if cleanup else 0.0,
                                  verdict=quality["verdict"]))
+    model_grid = model_grid_summary(grid)
+    if model_grid["cropped"]:
+        where = "" if scan.source is None else f"{scan.source}: "
+        cut = [f"{axis.model_size * axis.model_spacing:.0f} mm of its {axis.field_of_view_mm:.0f} mm {name}"
+               for name, axis in (("superior-inferior", grid.rows), ("anterior-posterior", grid.cols))
+               if axis.field_of_view_mm > axis.model_size * axis.model_spacing + 1e-6]
+        warnings.warn(f"{where}the field of view is larger than the model grid can hold: only the central "
+                      f"{' and '.join(cut)} were segmented", QualityWarning, stacklevel=2)
     described = {
         "model": segmenter.model_name,
         "variant": segmenter.model_config.variant,
@@ -295,7 +303,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
         "mode": "volume" if choice is None else "central slice",  # the paper's 2D setting: one sagittal slice
         "slice": None if choice is None else choice.to_dict(),
         "sampler": segmenter.describe(),
-        "model_grid": model_grid_summary(grid),
+        "model_grid": model_grid,
         "plausibility": "off (--keep-all-parts)" if cleanup is None else cleanup.to_dict(),
     }
     return ScanSegmentation(source=scan.source, stem=scan.stem, image=scan.image, labels=labels,
