@@ -111,6 +111,11 @@ class AxisResampling:
     def field_of_view_mm(self) -> float:
         return self.native_size * self.native_spacing
 
+    @property
+    def crops(self) -> bool:
+        """The model axis is shorter than the native field of view (part of the slice is not on the grid)."""
+        return self.field_of_view_mm > self.model_size * self.model_spacing + 1e-6
+
 
 @dataclass(frozen=True)
 class SagittalGrid:

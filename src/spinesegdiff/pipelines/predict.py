@@ -292,8 +292,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
     if model_grid["cropped"]:
         where = "" if scan.source is None else f"{scan.source}: "
         cut = [f"{axis.model_size * axis.model_spacing:.0f} mm of its {axis.field_of_view_mm:.0f} mm {name}"
-               for name, axis in (("superior-inferior", grid.rows), ("anterior-posterior", grid.cols))
-               if axis.field_of_view_mm > axis.model_size * axis.model_spacing + 1e-6]
+               for name, axis in (("superior-inferior", grid.rows), ("anterior-posterior", grid.cols)) if axis.crops]
         warnings.warn(f"{where}the field of view is larger than the model grid can hold: only the central "
                       f"{' and '.join(cut)} were segmented", QualityWarning, stacklevel=2)
     described = {

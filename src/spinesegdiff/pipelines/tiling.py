@@ -166,10 +166,8 @@ def model_grid_summary(grid) -> dict:
     """What the JSON report says of a scan's model grid (a :class:`~spinesegdiff.data.preprocess.SagittalGrid`):
     its size and spacing, and whether the scan's field of view was larger than even a grown grid (then cropped
     to its centre)."""
-    axes = (grid.rows, grid.cols)
     return {"rows": int(grid.rows.model_size), "cols": int(grid.cols.model_size),
-            "spacing_mm": float(grid.rows.model_spacing),
-            "cropped": any(axis.field_of_view_mm > axis.model_size * axis.model_spacing + 1e-6 for axis in axes)}
+            "spacing_mm": float(grid.rows.model_spacing), "cropped": grid.rows.crops or grid.cols.crops}
 
 
 def join_segmentations(tiling: Tiling, tiles: SliceSegmentation) -> SliceSegmentation:

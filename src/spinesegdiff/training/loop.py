@@ -105,14 +105,22 @@ def training_loss(net: torch.nn.Module, image: torch.Tensor, labels: torch.Tenso
     return segmentation_loss(output.float(), target01)
 
 
+def mixed_timesteps(batch: int, share: float, chosen: tuple[int, int], otherwise: tuple[int, int],
+                    generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """``(batch,)`` training steps: with probability ``share`` uniform on ``[chosen[0], chosen[1])``, else on
+    ``[otherwise[0], otherwise[1])``."""
+    pick = torch.rand(batch, generator=generator, device=device) < share
+    low = torch.where(pick, chosen[0], otherwise[0])
+    span = torch.where(pick, chosen[1], otherwise[1]) - low
+    return low + (torch.rand(batch, generator=generator, device=device) * span).long().clamp_max(span - 1)
+
+
 def noisier_timesteps(num_train_timesteps: int, batch: int, share: float, generator: torch.Generator,
                       device: torch.device) -> torch.Tensor:
     """``(batch,)`` training steps: with probability ``share`` uniform on the noisier half ``[T/2, T)``, else on
     ``[0, T)`` (``T = num_train_timesteps``)."""
-    noisier = torch.rand(batch, generator=generator, device=device) < share
-    low = torch.where(noisier, num_train_timesteps // 2, 0)
-    span = num_train_timesteps - low
-    return low + (torch.rand(batch, generator=generator, device=device) * span).long().clamp_max(span - 1)
+    return mixed_timesteps(batch, share, (num_train_timesteps // 2, num_train_timesteps), (0, num_train_timesteps),
+                           generator, device)
 
 
 def _preseg_timesteps(config: TrainConfig, batch: int, generator: torch.Generator,
@@ -120,9 +128,8 @@ def _preseg_timesteps(config: TrainConfig, batch: int, generator: torch.Generato
     """Refinement training steps: uniform on ``[0, focus]`` with probability ``focus_share``, else on
     ``[0, preseg_max_timestep]``."""
     refinement = config.refinement
-    focus = torch.rand(batch, generator=generator, device=device) < refinement.preseg_focus_share
-    high = torch.where(focus, refinement.preseg_focus_timestep + 1, refinement.preseg_max_timestep + 1)
-    return (torch.rand(batch, generator=generator, device=device) * high).long().clamp_max(high - 1)
+    return mixed_timesteps(batch, refinement.preseg_focus_share, (0, refinement.preseg_focus_timestep + 1),
+                           (0, refinement.preseg_max_timestep + 1), generator, device)
 
 
 def _learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -226,13 +233,13 @@ def _training_step(model: torch.nn.Module, state: TrainState, config: TrainConfi
     else:
         image, labels = slab_training_batch(run.slabs.train, chosen, device, config.augment, state.generator)
     noising: dict[str, torch.Tensor] = {}
-    if presegmenter is None and run.diffusion and settings.high_noise_share > 0:
-        noising = {"timesteps": noisier_timesteps(run.scheduler.schedule.num_train_timesteps, len(chosen),
-                                                 settings.high_noise_share, state.generator, device)}
     if presegmenter is not None:
         patients = [run.cache.entries[i].patient for i in chosen]
         noising = {"start_mask": presegmenter.probabilities(image * 2 - 1, patients)[:, 1:],
-                  "timesteps": _preseg_timesteps(config, len(chosen), state.generator, device)}
+                   "timesteps": _preseg_timesteps(config, len(chosen), state.generator, device)}
+    elif run.diffusion and settings.high_noise_share > 0:
+        noising = {"timesteps": noisier_timesteps(run.scheduler.schedule.num_train_timesteps, len(chosen),
+                                                  settings.high_noise_share, state.generator, device)}
     use_amp = config.runtime.amp and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         if run.diffusion:
