@@ -8,7 +8,8 @@ flips (the model grid has a fixed anatomical orientation). Intensity: random gam
 (a random piecewise-linear curve that keeps air dark, sometimes non-monotone, which turns T2-like contrast into
 T1-like contrast and back: our real data is T2 only), label-driven random contrast (every structure and
 background tissue its own random intensity, off unless ``p_label_contrast`` is set), a smooth multiplicative
-bias field, Gaussian noise.
+bias field. Acquisition (off unless ``p_low_resolution`` is set): a coarser in-plane acquisition simulated in
+k-space, blurring with Gibbs ringing where the window is sharp (:func:`low_resolution`). Last, Gaussian noise.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class AugmentConfig:
     slices of its scan within a slab of thickness ``thick_slice_mm`` (mm, drawn uniformly from that
     ``(low, high)`` range, ``0 < low <= high``) centred on it, each weighted by its overlap with the slab
     (:func:`thick_slice_weights`). Its labels stay those of the centre slice. Off (0) by default.
+
+    ``p_low_resolution`` is the chance that a slice is re-acquired more coarsely (:func:`low_resolution`): each
+    in-plane axis gets a pixel size drawn from ``acquired_pixel_size`` (in pixels of the model grid, so 1-2.2 mm
+    on the 1 mm grid; ``1 <= low <= high``) and the k-space window's cosine taper a share drawn from
+    ``k_space_taper`` (``0 <= low <= high <= 1``; 0 is a hard cut, the most ringing). Off (0) by default.
     """
 
     enabled: bool = True
@@ -49,10 +55,13 @@ class AugmentConfig:
     contrast_blur_px: float = 1.5
     p_thick_slice: float = 0.0
     thick_slice_mm: tuple[float, float] = (2.0, 4.0)
+    p_low_resolution: float = 0.0
+    acquired_pixel_size: tuple[float, float] = (1.0, 2.2)
+    k_space_taper: tuple[float, float] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
         for name in ("p_spatial", "p_gamma", "p_remap", "p_inversion", "p_bias", "p_noise", "p_label_contrast",
-                     "p_thick_slice"):
+                     "p_thick_slice", "p_low_resolution"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "scale_range", tuple(self.scale_range))
@@ -61,6 +70,17 @@ class AugmentConfig:
         if len(self.thick_slice_mm) != 2 or not all(math.isfinite(t) for t in self.thick_slice_mm) or not (
                 0.0 < self.thick_slice_mm[0] <= self.thick_slice_mm[1]):
             raise ValueError(f"thick_slice_mm must be (low, high) mm with 0 < low <= high, got {self.thick_slice_mm}")
+        _check_range(self, "acquired_pixel_size", 1.0, math.inf)
+        _check_range(self, "k_space_taper", 0.0, 1.0)
+
+
+def _check_range(config: AugmentConfig, name: str, lowest: float, highest: float) -> None:
+    """Store the field ``name`` as a tuple and check it is a finite ``(low, high)`` with
+    ``lowest <= low <= high <= highest``."""
+    value = tuple(getattr(config, name))
+    object.__setattr__(config, name, value)
+    if len(value) != 2 or not all(math.isfinite(v) for v in value) or not (lowest <= value[0] <= value[1] <= highest):
+        raise ValueError(f"{name} must be finite (low, high) with {lowest} <= low <= high <= {highest}, got {value}")
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator,
@@ -224,6 +244,52 @@ def label_contrast(image: torch.Tensor, labels: torch.Tensor, config: AugmentCon
     return (weights * mapped).sum(dim=1, keepdim=True).clamp(0, 1)
 
 
+def k_space_window(size: int, kept: torch.Tensor, taper: torch.Tensor) -> torch.Tensor:
+    """Weights of the FFT frequencies of one axis for a coarser acquisition.
+
+    Args:
+        size: samples along the axis.
+        kept: ``(B,)`` share of the frequencies up to Nyquist that the coarser acquisition holds, in (0, 1]
+            (one over its pixel size in grid pixels).
+        taper: ``(B,)`` share of the kept band, at its outer end, over which the window rolls off to 0 with a
+            half cosine, in [0, 1]; 0 is a hard cut (a plain truncation: sinc blur with Gibbs ringing).
+
+    Returns:
+        ``(B, size)`` weights in [0, 1] in :func:`torch.fft.fftfreq` order (0 Hz first), 1 at 0 Hz.
+    """
+    frequency = torch.fft.fftfreq(size, device=kept.device).abs()[None] * 2.0  # 0 at DC, 1 at Nyquist
+    edge = kept[:, None]
+    start = edge * (1.0 - taper[:, None])
+    ramp = ((frequency - start) / (edge - start).clamp(min=1e-6)).clamp(0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * ramp)) * (frequency <= edge)
+
+
+def low_resolution(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Simulate a coarser in-plane acquisition: keep the central part of k-space only.
+
+    Each axis gets its own pixel size from ``config.acquired_pixel_size`` (2D spin-echo series are often
+    coarser in the phase direction), the window's taper from ``config.k_space_taper``; the filtered image's
+    magnitude is returned, as a scanner reconstructs it, so a hard cut leaves bright and dark rings beside strong
+    edges (CSF against cord and bone) as on real scans.
+
+    Args:
+        image: ``(B, C, H, W)`` in [0, 1] (every channel of a sample gets the same acquisition).
+        config: ``acquired_pixel_size`` and ``k_space_taper``.
+        generator: drives the draws.
+
+    Returns:
+        ``(B, C, H, W)`` in [0, 1].
+    """
+    batch, device = image.shape[0], image.device
+    pixel_size = _uniform((batch, 2), *config.acquired_pixel_size, generator, device)
+    taper = _uniform((batch,), *config.k_space_taper, generator, device)
+    rows = k_space_window(image.shape[-2], 1.0 / pixel_size[:, 0], taper)
+    cols = k_space_window(image.shape[-1], 1.0 / pixel_size[:, 1], taper)
+    spectrum = torch.fft.fft2(image.float())
+    filtered = torch.fft.ifft2(spectrum * (rows[:, None, :, None] * cols[:, None, None, :]))
+    return filtered.abs().clamp(0.0, 1.0).to(image.dtype)
+
+
 def bias_field(shape: tuple[int, ...], amplitude: float, generator: torch.Generator,
                device: torch.device) -> torch.Tensor:
     """Smooth multiplicative field ``exp(a * quadratic polynomial)`` of shape ``(B, 1, H, W)``, mean about 1."""
@@ -266,6 +332,10 @@ def augment_batch(image: torch.Tensor, labels: torch.Tensor, config: AugmentConf
     image = torch.where(_chance(batch, config.p_inversion, generator, device)[:, None, None, None], inverted, image)
     field = bias_field(tuple(image.shape), config.bias_amplitude, generator, device)
     image = torch.where(_chance(batch, config.p_bias, generator, device)[:, None, None, None], image * field, image)
+    if config.p_low_resolution > 0:  # drawn only when asked for, as the label contrast
+        coarser = low_resolution(image.clamp(0, 1), config, generator)
+        chosen = _chance(batch, config.p_low_resolution, generator, device)[:, None, None, None]
+        image = torch.where(chosen, coarser, image)
     noise = torch.randn(image.shape, generator=generator, device=device) * config.noise_std
     image = torch.where(_chance(batch, config.p_noise, generator, device)[:, None, None, None], image + noise, image)
     return image.clamp(0, 1), labels
