@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,9 @@ def test_evaluate_levels_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
+def _two_real_patients(tmp_path: Path) -> tuple[Path, Path]:
+    """A SPIDER folder with patients 7 and 209 (links to the shared data) and the metadata folder; skips when
+    the shared data is absent."""
     data, metadata = SHARED / "spider-t2space", SHARED / "spider-metadata"
     if not (data / "images" / "7_t2_SPACE.mha").exists() or not (metadata / "radiological_gradings.csv").exists():
         pytest.skip(f"SPIDER data absent ({data}, {metadata})")
@@ -161,6 +164,11 @@ def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
         (subset / folder).mkdir(parents=True)
         for patient in ("7", "209"):
             (subset / folder / f"{patient}_t2_SPACE.mha").symlink_to(data / folder / f"{patient}_t2_SPACE.mha")
+    return subset, metadata
+
+
+def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
+    subset, metadata = _two_real_patients(tmp_path)
     code, out, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out",
                                  str(tmp_path / "report"), "--bootstrap", "50")
     assert code == 0, err
@@ -176,6 +184,73 @@ def test_evaluate_levels_on_two_real_patients(tmp_path: Path) -> None:
     code, _, err = _levels_cli("--data", str(subset), "--metadata", str(metadata), "--out", str(tmp_path / "r2"),
                                "--runs", "runs/unet-fold0")
     assert code == 2 and "{fold}" in err
+
+
+def _fold_runs(folder: Path, model: Path, held_out: list[str]) -> str:
+    """One run folder per fold, fold ``k`` holding out patient ``held_out[k]``, each with ``model`` as its
+    checkpoint: the ``{fold}`` pattern ``spinesegdiff train`` leaves behind."""
+    split = [{"train": [], "val": [], "test": [f"{patient}_t2_SPACE"]} for patient in held_out]
+    for fold in range(len(held_out)):
+        run = folder / f"run-fold{fold}"
+        run.mkdir(parents=True)
+        shutil.copy(model, run / "best.pt")
+        (run / "config.json").write_text(json.dumps({"train": {"folds": {"fold": fold}}}), encoding="utf-8")
+        (run / "splits_final.json").write_text(json.dumps(split), encoding="utf-8")
+    return str(folder / "run-fold{fold}")
+
+
+def test_each_patient_is_measured_by_the_diffusion_model_that_held_it_out(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spinesegdiff.evaluation import levels
+
+    subset, metadata = _two_real_patients(tmp_path)
+    runs = _fold_runs(tmp_path / "runs", tiny_model, ["209", "7"])
+    measured = []
+    real = levels.segmenter_slice
+
+    def recording(path: Path, segmenter) -> object:
+        measured.append((path.name, Path(segmenter.model_name).parent.name))
+        return real(path, segmenter)
+
+    monkeypatch.setattr(levels, "segmenter_slice", recording)
+    results = levels.evaluate_levels(subset, metadata, diffusion_runs=runs, folds=[0, 1], resamples=20)
+    assert sorted(measured) == [("209_t2_SPACE.mha", "run-fold0"), ("7_t2_SPACE.mha", "run-fold1")]
+    assert [r.source for r in results] == ["reference masks", "held-out SpineSegDiff"]
+    assert sorted(n["patient"] for n in results[1].naming) == ["209", "7"]
+    with pytest.raises(InputError, match="holds out patients 209"):
+        levels.evaluate_levels(subset, metadata, diffusion_runs=runs, folds=[1], resamples=20)
+
+
+def test_a_diffusion_models_slice_carries_its_own_heatmap(tmp_path: Path) -> None:
+    from spinesegdiff.evaluation.levels import segmenter_slice
+    from spinesegdiff.pipelines.results import SliceSegmentation
+
+    subset, _ = _two_real_patients(tmp_path)
+
+    class CertainBackground:
+        """Background everywhere, certain by its probabilities, with a heatmap of 0.25 from its samples."""
+
+        presegmenter = None
+
+        def segment(self, images: np.ndarray) -> SliceSegmentation:
+            count, size = len(images), images.shape[-1]
+            probabilities = np.zeros((count, 4, size, size), np.float32)
+            probabilities[:, 0] = 1.0
+            probabilities[:, 2, :, : size // 2] = 0.9  # the front half: vertebra
+            probabilities[:, 0, :, : size // 2] = 0.1
+            return SliceSegmentation(
+                probabilities=probabilities[:, 1:], class_probabilities=probabilities,
+                labels=probabilities.argmax(axis=1).astype(np.uint8),
+                uncertainty=np.full((count, size, size), 0.25, np.float32),
+                structure_uncertainty=np.zeros((count, 3, size, size), np.float32),
+                variance=np.zeros((count, 3, size, size), np.float32), network_calls=1)
+
+    scan = segmenter_slice(subset / "images" / "7_t2_SPACE.mha", CertainBackground())
+    assert scan.labels.shape == scan.uncertainty.shape == scan.image.shape == (640, 512)
+    assert np.median(scan.uncertainty) == pytest.approx(0.25, abs=1e-3), "the sampler's heatmap, not an entropy"
+    assert scan.index == 4, "the central of the nine slices"
+    front = scan.labels[:, :200] == 2  # columns run anterior to posterior
+    assert front.mean() > 0.95 and not (scan.labels[:, 312:] == 2).any()
 
 
 def test_overlay_names_are_drawn_beside_the_spine() -> None:

@@ -1,9 +1,10 @@
 """The per-level spine report checked against SPIDER's radiologists, patient by patient.
 
 Each patient's mid-sagittal slice is measured (:func:`spinesegdiff.anatomy.measure_levels`) on its reference
-mask (an upper bound: no model) or on the prediction of a U-Net that never saw the patient (5-fold
-cross-validation), and compared with ``radiological_gradings.csv`` (one row per graded disc, ``IVD label``
-1 = L5-S1 upward; a few patients also have label 0, a disc below their L5-S1 label):
+mask (an upper bound: no model) or on the prediction of a model that never saw the patient (5-fold
+cross-validation: the built-in U-Net, or SpineSegDiff itself with its multi-sample uncertainty), and compared
+with ``radiological_gradings.csv`` (one row per graded disc, ``IVD label`` 1 = L5-S1 upward; a few patients
+also have label 0, a disc below their L5-S1 label):
 
 * **naming**: the number of discs named on the slice against the number of discs graded (and, secondary,
   whether every graded level carries a named disc);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -250,16 +252,46 @@ def unet_slice(image_path: Path, unet: Any) -> Any:
     """The mid-sagittal slice of a series segmented by a U-Net alone (``unet``: a
     :class:`~spinesegdiff.pipelines.presegmenters.UNetPresegmenter`), its class probabilities restored to the
     native grid; the heatmap is their normalised entropy."""
+    from spinesegdiff.pipelines.tiling import presegment_canvas
+
+    def segment(images: np.ndarray) -> tuple[np.ndarray, None]:
+        return presegment_canvas(unet, images)[0], None
+
+    return _model_slice(image_path, segment)
+
+
+def segmenter_slice(image_path: Path, segmenter: Any) -> Any:
+    """The mid-sagittal slice of a series segmented by a diffusion model (``segmenter``: a
+    :class:`~spinesegdiff.pipelines.segmenter.Segmenter`, from noise or refining its presegmenter's mask), its
+    fused class probabilities restored to the native grid; the heatmap is the sampler's own (the entropy over
+    its samples and fused steps), as ``predict`` reports it. No clean-up, as for the U-Net."""
+    from spinesegdiff.pipelines.tiling import segment_canvas
+
+    def segment(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = segment_canvas(segmenter.segment, images, presegmenter=segmenter.presegmenter)
+        return result.class_probabilities[0], result.uncertainty[0]
+
+    return _model_slice(image_path, segment)
+
+
+def _model_slice(image_path: Path, segment: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]) -> Any:
+    """Load a series on its central slice, ``segment`` the model-grid image (class probabilities ``(4, H, W)``
+    and an optional heatmap ``(H, W)`` in [0, 1]) and restore both to the native grid as a
+    :class:`~spinesegdiff.anatomy.SagittalSlice`; without a heatmap the probabilities' normalised entropy is
+    the uncertainty."""
     from spinesegdiff.anatomy import SagittalSlice
     from spinesegdiff.data.preprocess import native_slice, restore_probabilities
     from spinesegdiff.pipelines.predict import load_scan
-    from spinesegdiff.pipelines.tiling import presegment_canvas
 
-    scan = load_scan(image_path)
+    scan = load_scan(image_path, slice_index="centre")
     grid = scan.prepared.grid
-    probabilities = np.clip(restore_probabilities(presegment_canvas(unet, scan.prepared.images)[0], grid), 1e-8, 1.0)
+    model_probabilities, heatmap = segment(scan.prepared.images)
+    probabilities = np.clip(restore_probabilities(model_probabilities, grid), 1e-8, 1.0)
     probabilities /= probabilities.sum(axis=0, keepdims=True)
-    entropy = -(probabilities * np.log(probabilities)).sum(axis=0) / np.log(len(probabilities))
+    if heatmap is None:
+        entropy = -(probabilities * np.log(probabilities)).sum(axis=0) / np.log(len(probabilities))
+    else:
+        entropy = restore_probabilities(heatmap[None], grid, background_channel=None)[0]
     index = scan.prepared.indices[0]
     return SagittalSlice(labels=probabilities.argmax(axis=0).astype(np.uint8),
                          row_mm=grid.rows.native_spacing, col_mm=grid.cols.native_spacing,
@@ -268,8 +300,8 @@ def unet_slice(image_path: Path, unet: Any) -> Any:
 
 
 def held_out_patients(run: str | Path) -> tuple[int, set[str]]:
-    """``(test fold, patients)`` a U-Net run never saw, from the ``config.json`` and ``splits_final.json`` that
-    ``spinesegdiff train`` writes into the run folder.
+    """``(test fold, patients)`` a run (U-Net or diffusion model) never saw, from the ``config.json`` and
+    ``splits_final.json`` that ``spinesegdiff train`` writes into the run folder.
 
     Raises:
         InputError: the run folder lacks them, or trained on every fold.
@@ -356,11 +388,16 @@ def evaluate_source(source: str, slices: Iterable[tuple[str, Any]], gradings: Ma
     return LevelsResult(source, naming, discs, summary, places)
 
 
+HELD_OUT_SOURCES = {"unet": "held-out U-Net", "diffusion": "held-out SpineSegDiff"}
+"""The report's name of each kind of held-out model."""
+
+
 def evaluate_levels(data: str | Path, metadata: str | Path, *, runs: str | None = None,
-                    folds: Sequence[int] = (0, 1, 2, 3, 4), resamples: int = 2000, seed: int = 0,
-                    device: str = "cpu") -> list[LevelsResult]:
-    """The level validation on a SPIDER folder: on the reference masks, and (with ``runs``, a path holding
-    ``{fold}``) on each patient's prediction by the U-Net of the fold that held it out.
+                    diffusion_runs: str | None = None, folds: Sequence[int] = (0, 1, 2, 3, 4),
+                    resamples: int = 2000, seed: int = 0, device: str = "cpu") -> list[LevelsResult]:
+    """The level validation on a SPIDER folder: on the reference masks, and on each patient's prediction by the
+    model of the fold that held it out: the U-Nets of ``runs`` and the diffusion models of ``diffusion_runs``
+    (each a path holding ``{fold}``; a diffusion model samples from noise with its default sampler).
 
     Raises:
         MissingInputError, InputError: a missing or unreadable folder, gradings file or run; a patient
@@ -374,13 +411,15 @@ def evaluate_levels(data: str | Path, metadata: str | Path, *, runs: str | None 
         raise InputError(data, "no series of a graded patient")
     reference = ((c.patient_id, reference_slice(c.image_path, c.mask_path)) for c in cases)
     results = [evaluate_source("reference masks", reference, gradings, resamples=resamples, seed=seed)]
-    if runs is not None:
-        held = _fold_of_patients(runs, folds)
+    for kind, pattern in (("unet", runs), ("diffusion", diffusion_runs)):
+        if pattern is None:
+            continue
+        held = _fold_of_patients(pattern, folds)
         missing = sorted({c.patient_id for c in cases} - set(held), key=int)
         if missing:
-            raise InputError(runs, f"no run of folds {list(folds)} holds out patients {', '.join(missing)}")
-        results.append(evaluate_source("held-out U-Net", _predicted(cases, runs, held, device), gradings,
-                                       reference=results[0].places, resamples=resamples, seed=seed))
+            raise InputError(pattern, f"no run of folds {list(folds)} holds out patients {', '.join(missing)}")
+        results.append(evaluate_source(HELD_OUT_SOURCES[kind], _predicted(cases, pattern, held, kind, device),
+                                       gradings, reference=results[0].places, resamples=resamples, seed=seed))
     return results
 
 
@@ -398,15 +437,22 @@ def _fold_of_patients(runs: str, folds: Sequence[int]) -> dict[str, int]:
     return held
 
 
-def _predicted(cases: Sequence[Any], runs: str, held: Mapping[str, int], device: str) -> Iterable[tuple[str, Any]]:
-    """Each case's slice segmented by its held-out fold's U-Net (one network loaded at a time)."""
+def _predicted(cases: Sequence[Any], runs: str, held: Mapping[str, int], kind: str,
+               device: str) -> Iterable[tuple[str, Any]]:
+    """Each case's slice segmented by its held-out fold's model (one loaded at a time): a U-Net (``kind``
+    ``"unet"``) or a diffusion model sampling from noise (``"diffusion"``)."""
     from spinesegdiff.pipelines.presegmenters import UNetPresegmenter
+    from spinesegdiff.pipelines.segmenter import Segmenter
 
     for fold in sorted(set(held.values())):
-        unet = UNetPresegmenter.from_checkpoint(runs.replace("{fold}", str(fold)), device=device)
+        run = runs.replace("{fold}", str(fold))
+        if kind == "unet":
+            measure = partial(unet_slice, unet=UNetPresegmenter.from_checkpoint(run, device=device))
+        else:
+            measure = partial(segmenter_slice, segmenter=Segmenter.from_checkpoint(run, device=device, quiet=True))
         for case in cases:
             if held.get(case.patient_id) == fold:
-                yield case.patient_id, unet_slice(case.image_path, unet)
+                yield case.patient_id, measure(case.image_path)
 
 
 def _format(value: float | None, digits: int = 3) -> str:
