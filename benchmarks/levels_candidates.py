@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from spinesegdiff.anatomy import SagittalSlice, measure_levels
 from spinesegdiff.anatomy import measures as m
-from spinesegdiff.anatomy.sagittal import Frame
+from spinesegdiff.anatomy.sagittal import Frame, bounding_box
 from spinesegdiff.evaluation.levels import bootstrap_interval, compare_patient, read_gradings, spearman
 from spinesegdiff.evaluation.uncertainty_metrics import auroc
 
@@ -114,7 +114,7 @@ def clean_csf(scan: SagittalSlice, margin_mm: float = CSF_MARGIN_MM) -> np.ndarr
     """Canal pixels at least ``margin_mm`` from the canal's edge; the canal one pixel in (``canal_inner``) where
     none is that far (a narrow canal)."""
     canal = scan.canal
-    box = m._local(canal, 2)
+    box = bounding_box(canal, 2)
     out = np.zeros_like(canal)
     if box is None:
         return out
@@ -355,6 +355,35 @@ def _signal_over_slices(quantile: float | None, *, clean: bool, local: bool, sid
     return candidate
 
 
+def _field_over_slices(kind: str, key: str, side: int = 1) -> Candidate:
+    """A reported measure (``kind`` ``disc`` or ``vertebra``, field ``key``) averaged over the central slice and
+    its ``side`` neighbours either side: each neighbour is measured on its own (:func:`measure_levels`), and its
+    levels are matched to the central slice's by centroid (within 10 mm). One slice's measure carries the
+    slice's partial volume and where it happens to cut the disc or body; their mean over 3 mm carries less."""
+    central = _field(kind, key)
+
+    def candidate(context: dict[str, Any]) -> dict[int, float | None]:
+        scan, levels = context["scan"], context["report"].levels
+        elements = levels.discs if kind == "disc" else levels.vertebrae
+        places = {e.rank: np.array(e.centroid_mm) for e in elements if e.rank is not None}
+        values = {rank: [v] for rank, v in central(context).items() if v is not None}
+        for other in context["slices"]:
+            if other.index == scan.index or abs(other.index - scan.index) > side:
+                continue
+            report = measure_levels(other)
+            by_rank = {e["rank"]: e[key] for e in (report.discs if kind == "disc" else report.vertebrae)
+                       if e["rank"] is not None and e[key] is not None}
+            others = report.levels.discs if kind == "disc" else report.levels.vertebrae
+            for element in others:
+                if element.rank not in by_rank:
+                    continue
+                near = [r for r, c in places.items() if np.hypot(*(np.array(element.centroid_mm) - c)) <= 10.0]
+                if near and near[0] in values:
+                    values[near[0]].append(by_rank[element.rank])
+        return {rank: float(np.mean(v)) for rank, v in values.items()}
+    return candidate
+
+
 def _brightest(context: dict[str, Any]) -> dict[int, float | None]:
     scan = context["scan"]
     if not m.is_t2_like(scan):
@@ -487,6 +516,10 @@ CANDIDATES: dict[str, tuple[str, str, Candidate]] = {
     "    S0 recomputed from the parts": ("pfirrmann", "", _signal(None, clean=False, local=True)),
     "S4b S0 over 3 slices (post hoc)": ("pfirrmann", "", _signal_over_slices(None, clean=False, local=True)),
     "P0 slip_mm (current)": ("spondylolisthesis", "higher", _slip_above),
+    # third round (2026-11-29, session 11): the reported measures averaged over the central 3 mm, as S4b did
+    # for the signal ratio
+    "N5 depth_index over 3 slices": ("narrowing", "lower", _field_over_slices("disc", "depth_index")),
+    "P4 slip_mm over 3 slices": ("spondylolisthesis", "higher", _field_over_slices("vertebra", "slip_mm")),
     "P1 posterior wall lines at the disc": ("spondylolisthesis", "higher", _wall_slip("wall")),
     "P2 Meyerding corner over the lower wall": ("spondylolisthesis", "higher", _wall_slip("corner")),
 }
