@@ -176,3 +176,25 @@ def test_the_slice_option_is_one_line_on_the_command_line(tmp_path: Path, sample
     assert result.returncode == 2
     assert result.stderr.strip().endswith("--slice -1: the scan has 9 sagittal slices (0..8)")
     assert not list((tmp_path / "out").glob("*_seg*"))
+
+
+def test_a_one_slice_scan_is_segmented_as_it_is_with_no_midline_claim(sample: Path, shipped, monkeypatch) -> None:
+    from spinesegdiff.data.io import read_image
+    from spinesegdiff.pipelines import predict as predict_module
+    from spinesegdiff.pipelines.overlay import how_chosen
+
+    volume, geometry = read_image(sample)
+    lateral = volume[2:3]  # SimpleITK order (z, y, x) of a PIR series: z runs left to right
+    loaded = predict_module.load_scan((lateral, geometry))
+    assert loaded.candidates is None and loaded.prepared.indices == [0]
+
+    def no_choice(*args, **kwargs):
+        raise AssertionError("a one-slice scan has no mid-sagittal slice to choose")
+
+    monkeypatch.setattr(predict_module, "_at_midline", no_choice)
+    result = predict_module.segment_loaded(loaded, shipped)
+    choice = result.settings["slice"]
+    assert choice["index"] == 0 and choice["chosen_by"] == "only" and "not known" in choice["reason"]
+    assert how_chosen(result.settings) == "the scan's only sagittal slice"
+    named = predict_module.segment((lateral, geometry), segmenter=shipped, slice_index=0)
+    assert named.settings["slice"]["chosen_by"] == "user"

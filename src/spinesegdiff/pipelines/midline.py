@@ -47,7 +47,7 @@ class SliceChoice:
     """Which sagittal slice was segmented and why (written to the report as ``slice``)."""
 
     index: int
-    chosen_by: str  # "anatomy", "user" or "centre"
+    chosen_by: str  # "anatomy", "user", "centre" or "only" (a scan of one sagittal slice)
     reason: str
     scores: dict[int, float] | None = None
 

@@ -212,7 +212,7 @@ def overlay_image(result: ScanSegmentation) -> Image.Image:
 
 
 CHOSEN_BY = {"anatomy": "mid-sagittal, chosen by anatomy", "user": "chosen with --slice",
-             "centre": "the central slice"}
+             "centre": "the central slice", "only": "the scan's only sagittal slice"}
 """The title's words for the report's ``slice.chosen_by``."""
 
 

@@ -228,11 +228,15 @@ def _only(prepared: PreparedScan, index: int) -> PreparedScan:
 
 
 def _first_choice(grid, volume: bool, slice_index: int | str | None, source: Path | None) -> SliceChoice | None:
-    """The user's slice, or the centre until :func:`segment_loaded` looks at the anatomy; ``None`` for a volume."""
+    """The user's slice, the only slice of a one-slice scan, or the centre until :func:`segment_loaded` looks at
+    the anatomy; ``None`` for a volume."""
     if volume:
         if slice_index is not None:
             raise SpineSegDiffError("--slice names one slice; --volume segments them all: choose one of the two")
         return None
+    if slice_index is None and grid.num_sagittal == 1:  # nothing to choose, and nothing known of where it lies
+        return SliceChoice(0, "only", "the scan has a single sagittal slice; whether it is the mid-sagittal plane "
+                                      "is not known")
     if slice_index is None:
         return SliceChoice(grid.central_index, "centre", "the central sagittal slice of the series")
     if slice_index in ("centre", "center"):
