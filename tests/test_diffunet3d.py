@@ -109,6 +109,8 @@ def test_every_slice_of_a_slab_is_augmented_alike() -> None:
         assert torch.equal(warped[:, depth], warped[:, 0])
     with pytest.raises(ValueError, match="thick slices"):
         augment_slabs(images, labels, AugmentConfig(p_thick_slice=0.5), generator)
+    with pytest.raises(ValueError, match="p_t1_contrast"):
+        augment_slabs(images, labels, AugmentConfig(p_t1_contrast=0.5), generator)
 
 
 def test_sampling_reads_out_each_slabs_central_slice() -> None:

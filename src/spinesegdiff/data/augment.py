@@ -7,7 +7,8 @@ Spatial: small rotation, scaling and translation, applied to image (bilinear) an
 flips (the model grid has a fixed anatomical orientation). Intensity: random gamma, random intensity remapping
 (a random piecewise-linear curve that keeps air dark, sometimes non-monotone, which turns T2-like contrast into
 T1-like contrast and back: our real data is T2 only), label-driven random contrast (every structure and
-background tissue its own random intensity, off unless ``p_label_contrast`` is set), a smooth multiplicative
+background tissue its own random intensity, off unless ``p_label_contrast`` is set), T1-weighted contrast
+simulated from the labels (off unless ``p_t1_contrast`` is set, :func:`t1_contrast`), a smooth multiplicative
 bias field. Acquisition (off unless ``p_low_resolution`` is set): a coarser in-plane acquisition simulated in
 k-space, blurring with Gibbs ringing where the window is sharp (:func:`low_resolution`). Last, Gaussian noise.
 """
@@ -56,12 +57,13 @@ class AugmentConfig:
     p_thick_slice: float = 0.0
     thick_slice_mm: tuple[float, float] = (2.0, 4.0)
     p_low_resolution: float = 0.0
+    p_t1_contrast: float = 0.0
     acquired_pixel_size: tuple[float, float] = (1.0, 2.2)
     k_space_taper: tuple[float, float] = (0.0, 0.5)
 
     def __post_init__(self) -> None:
         for name in ("p_spatial", "p_gamma", "p_remap", "p_inversion", "p_bias", "p_noise", "p_label_contrast",
-                     "p_thick_slice", "p_low_resolution"):
+                     "p_thick_slice", "p_low_resolution", "p_t1_contrast"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "scale_range", tuple(self.scale_range))
@@ -233,15 +235,64 @@ def label_contrast(image: torch.Tensor, labels: torch.Tensor, config: AugmentCon
     regions = torch.where(labels > 0, clusters + labels - 1, bins)  # 0..clusters-1 background, then SC VB IVD
     regions = torch.where((labels == 0) & ~tissue, clusters + 3, regions)  # air: its own region, unchanged
     onehot = F.one_hot(regions.long(), clusters + 4).permute(0, 3, 1, 2).to(image.dtype)
-    area = onehot.sum(dim=(2, 3)).clamp(min=1)
-    means = (onehot * image).sum(dim=(2, 3)) / area  # (B, R)
     new_means = _uniform((batch, clusters + 4), 0.05, 1.0, generator, device)
     gains = _uniform((batch, clusters + 4), 0.5, 1.5, generator, device)
-    new_means[:, -1], gains[:, -1] = means[:, -1], 1.0  # air unchanged
-    weights = _gaussian_blur(onehot, config.contrast_blur_px)
+    keep = torch.zeros(clusters + 4, dtype=torch.bool, device=device)
+    keep[-1] = True  # air unchanged
+    return _recolour(image, onehot, new_means, gains, keep, config.contrast_blur_px)
+
+
+def _recolour(image: torch.Tensor, onehot: torch.Tensor, new_means: torch.Tensor, gains: torch.Tensor,
+              keep: torch.Tensor, blur_px: float) -> torch.Tensor:
+    """Map each region ``r`` of ``onehot`` (``(B, R, H, W)``) by ``x -> new_means[:, r] + gains[:, r] (x - mean_r)``
+    (``mean_r`` its mean intensity), regions where ``keep`` (``(R,)`` bool) as they are, blended across region
+    borders with weights blurred by ``blur_px`` pixels; ``image`` ``(B, 1, H, W)`` in [0, 1] -> the same."""
+    area = onehot.sum(dim=(2, 3)).clamp(min=1)
+    means = (onehot * image).sum(dim=(2, 3)) / area  # (B, R)
+    new_means = torch.where(keep[None], means, new_means)
+    gains = torch.where(keep[None], torch.ones_like(gains), gains)
+    weights = _gaussian_blur(onehot, blur_px)
     weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
     mapped = new_means[:, :, None, None] + gains[:, :, None, None] * (image - means[:, :, None, None])
     return (weights * mapped).sum(dim=1, keepdim=True).clamp(0, 1)
+
+
+T1_MEANS = {"canal": (0.05, 0.25), "vertebra": (0.55, 0.9), "disc": (0.2, 0.45)}
+"""Ranges of the mean intensity (in [0, 1]) each labelled structure takes in :func:`t1_contrast`: on T1-weighted
+spin-echo images CSF is dark, fatty vertebral marrow bright and discs intermediate to dark, while fat and muscle
+keep roughly their T2 turbo spin-echo brightness (fat bright, muscle dark)."""
+T1_GAINS = {"canal": (0.3, 0.8), "vertebra": (0.5, 1.0), "disc": (0.3, 0.7)}
+"""Ranges of the texture gain of each structure in :func:`t1_contrast` (the disc's nucleus and annulus differ
+less on T1 than on T2)."""
+
+
+def t1_contrast(image: torch.Tensor, labels: torch.Tensor, config: AugmentConfig,
+                generator: torch.Generator) -> torch.Tensor:
+    """Give a T2-weighted slice the contrast of a T1-weighted one, structure by structure, keeping each tissue's
+    texture up to a gain: the canal dark, the vertebrae bright, the discs intermediate, the background (fat,
+    muscle, air) as it is (:data:`T1_MEANS`, :data:`T1_GAINS`). The label-driven contrast draws T1's tissue order
+    only rarely among all random orders; this draws it every time.
+
+    Args:
+        image: ``(B, 1, H, W)`` in [0, 1].
+        labels: ``(B, H, W)`` classes 0-3.
+        config: ``contrast_blur_px``.
+        generator: drives the draws.
+
+    Returns:
+        ``(B, 1, H, W)`` in [0, 1].
+    """
+    batch, device = image.shape[0], image.device
+    onehot = F.one_hot(labels.long(), 4).permute(0, 3, 1, 2).to(image.dtype)  # background, SC, VB, IVD
+    structures = ("canal", "vertebra", "disc")
+    low = torch.tensor([0.0, *(T1_MEANS[s][0] for s in structures)], device=device)
+    high = torch.tensor([0.0, *(T1_MEANS[s][1] for s in structures)], device=device)
+    new_means = low + (high - low) * torch.rand((batch, 4), generator=generator, device=device)
+    low = torch.tensor([1.0, *(T1_GAINS[s][0] for s in structures)], device=device)
+    high = torch.tensor([1.0, *(T1_GAINS[s][1] for s in structures)], device=device)
+    gains = low + (high - low) * torch.rand((batch, 4), generator=generator, device=device)
+    keep = torch.tensor([True, False, False, False], device=device)
+    return _recolour(image, onehot, new_means, gains, keep, config.contrast_blur_px)
 
 
 def k_space_window(size: int, kept: torch.Tensor, taper: torch.Tensor) -> torch.Tensor:
@@ -322,6 +373,10 @@ def augment_batch(image: torch.Tensor, labels: torch.Tensor, config: AugmentConf
     if config.p_label_contrast > 0:  # drawn only when asked for: runs without it keep their random stream
         recoloured = label_contrast(image, labels, config, generator)
         chosen = _chance(batch, config.p_label_contrast, generator, device)[:, None, None, None]
+        image = torch.where(chosen, recoloured, image)
+    if config.p_t1_contrast > 0:  # drawn only when asked for, as the label contrast
+        recoloured = t1_contrast(image, labels, config, generator)
+        chosen = _chance(batch, config.p_t1_contrast, generator, device)[:, None, None, None]
         image = torch.where(chosen, recoloured, image)
     gamma = _uniform((batch, 1, 1, 1), *config.gamma_range, generator, device)
     gamma = torch.where(_chance(batch, config.p_gamma, generator, device)[:, None, None, None], gamma, 1.0)

@@ -52,10 +52,10 @@ def fold_slabs(cache: SliceCache, data: FoldData) -> SlabData:
 
 
 def check_slab_augmentation(config: AugmentConfig) -> None:
-    """``ValueError`` for the 2D-only augmentations: simulated thick slices and label-driven contrast."""
-    if config.enabled and (config.p_thick_slice > 0 or config.p_label_contrast > 0):
-        raise ValueError("slab training cannot simulate thick slices or label contrast: set p_thick_slice and "
-                         "p_label_contrast to 0")
+    """``ValueError`` for the 2D-only augmentations: simulated thick slices, label-driven and T1 contrast."""
+    if config.enabled and (config.p_thick_slice > 0 or config.p_label_contrast > 0 or config.p_t1_contrast > 0):
+        raise ValueError("slab training cannot simulate thick slices, label contrast or T1 contrast: set "
+                         "p_thick_slice, p_label_contrast and p_t1_contrast to 0")
 
 
 def pack_slab_labels(labels: torch.Tensor) -> torch.Tensor:
