@@ -40,6 +40,7 @@ from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.files import recover_staging
 from spinesegdiff.pipelines.checks import (
     QualityWarning,
+    check_contrast,
     check_slice_signal,
     check_spine_quality,
     spine_quality,
@@ -292,6 +293,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
     quality.update(quality_score(result.labels[central], result.uncertainty[central],
                                  removed_mm2=cleanup.per_slice_mm2[central] if cleanup else 0.0,
                                  verdict=quality["verdict"]))
+    quality["contrast"] = check_contrast(result.labels[central], prepared.images[central], scan.source)
     model_grid = model_grid_summary(grid)
     if model_grid["cropped"]:
         where = "" if scan.source is None else f"{scan.source}: "
