@@ -6,6 +6,7 @@ import json
 import warnings
 
 import numpy as np
+import pytest
 
 from spinesegdiff.pipelines.checks import QualityWarning, check_contrast
 
@@ -52,3 +53,21 @@ def test_predict_reports_the_contrast_of_t1_and_t2_phantoms() -> None:
         said = [str(w.message) for w in caught if "T2-weighted" in str(w.message)]
         assert len(said) == (contrast == "T1"), said
     assert json.loads(json.dumps(result.quality))["contrast"] == "not T2-like"
+
+
+def test_a_segmentation_that_is_no_spine_is_not_judged(monkeypatch: pytest.MonkeyPatch, tiny_model) -> None:
+    from predict_helpers import switch_off_spine_judgement
+    from spinesegdiff.data.phantom import make_phantom
+    from spinesegdiff.pipelines.predict import segment
+    from spinesegdiff.pipelines.segmenter import Segmenter
+    from spinesegdiff.pipelines.settings import SamplerSettings
+
+    switch_off_spine_judgement(monkeypatch)  # the untrained network draws no spine
+    segmenter = Segmenter.from_checkpoint(tiny_model, device="cpu", quiet=True,
+                                          settings=SamplerSettings(num_samples=1, num_steps=1, fuse_steps=1))
+    phantom = make_phantom(shape=(5, 400, 340), spacing=(0.6, 0.6, 1.0), contrast="T1", seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = segment((phantom.image, phantom.geometry), segmenter=segmenter)
+    assert result.quality["verdict"] != "ok" and result.quality["contrast"] == "unknown"
+    assert not [w for w in caught if "T2-weighted" in str(w.message)]

@@ -39,6 +39,7 @@ from spinesegdiff.data.slicer import SEGMENTATION_SUFFIX, write_slicer_segmentat
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.files import recover_staging
 from spinesegdiff.pipelines.checks import (
+    CONTRASTS,
     QualityWarning,
     check_contrast,
     check_slice_signal,
@@ -293,7 +294,9 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
     quality.update(quality_score(result.labels[central], result.uncertainty[central],
                                  removed_mm2=cleanup.per_slice_mm2[central] if cleanup else 0.0,
                                  verdict=quality["verdict"]))
-    quality["contrast"] = check_contrast(result.labels[central], prepared.images[central], scan.source)
+    # judged on the segmented canal and vertebrae: only where they look like a spine
+    quality["contrast"] = (check_contrast(result.labels[central], prepared.images[central], scan.source)
+                           if quality["verdict"] == "ok" else CONTRASTS[None])
     model_grid = model_grid_summary(grid)
     if model_grid["cropped"]:
         where = "" if scan.source is None else f"{scan.source}: "
