@@ -195,5 +195,6 @@ def check_contrast(labels: np.ndarray, image: np.ndarray, source: str | Path | N
         where = "" if source is None else f"{source}: "
         warnings.warn(f"{where}the slice does not look T2-weighted (its spinal canal is not brighter than its "
                       "vertebrae): the models were trained on T2-weighted scans only, so expect a lower Dice than "
-                      "on T2 (docs/RESULTS.md)", QualityWarning, stacklevel=3)
+                      "on T2 (the model card, spinesegdiff/assets/MODEL_CARD.md, says how much)", QualityWarning,
+                      stacklevel=3)
     return CONTRASTS[t2_like]
