@@ -104,6 +104,10 @@ def strip_pixels_per_mm(scan: SagittalSlice, frame: Frame, position: float, widt
     return max(float(inside.sum()) / (2 * reach), 1e-9)
 
 
+CONTRASTS = {True: "T2-like", False: "not T2-like", None: "unknown"}
+"""The reports' names of :func:`is_t2_like`'s answers (``quality.contrast``, ``levels.contrast``)."""
+
+
 def is_t2_like(scan: SagittalSlice) -> bool | None:
     """Is the slice's contrast T2-like (bright CSF over the bodies)? ``None`` without an image or structures."""
     if scan.image is None or not scan.canal.any() or not scan.vertebra.any():

@@ -155,7 +155,7 @@ def measure_levels(scan: SagittalSlice) -> LevelReport:
         "doubtful": levels.doubtful,
         "reason": "; ".join(levels.reasons) if levels.reasons else None,
         "slice": scan.index,
-        "contrast": {True: "T2-like", False: "not T2-like (no signal ratio)", None: "unknown"}[t2_like],
+        "contrast": m.CONTRASTS[t2_like] + (" (no signal ratio)" if t2_like is False else ""),
     }
     return LevelReport(levels=levels, discs=discs, vertebrae=vertebrae, note=note)
 

@@ -175,19 +175,16 @@ def check_spine_quality(quality: dict[str, Any], source: str | Path | None) -> N
                       QualityWarning, stacklevel=3)
 
 
-CONTRASTS = {True: "T2-like", False: "not T2-like", None: "unknown"}
-"""The report's ``quality.contrast``: is the spinal canal brighter than the vertebrae, as on T2-weighted scans."""
-
-
 def check_contrast(labels: np.ndarray, image: np.ndarray, source: str | Path | None) -> str:
     """The contrast of a segmented slice (``(H, W)`` classes and the intensities they were segmented on), as
-    :func:`~spinesegdiff.anatomy.measures.is_t2_like` judges it: one of :data:`CONTRASTS`' values. Warns with
-    :class:`QualityWarning` when it is not T2-like: every model shipped here was trained on T2-weighted scans, and
-    on T1-like input the pipeline loses Dice (docs/RESULTS.md, T1 phantoms)."""
+    :func:`~spinesegdiff.anatomy.measures.is_t2_like` judges it, named as in
+    :data:`~spinesegdiff.anatomy.measures.CONTRASTS`. Warns with :class:`QualityWarning` when it is not T2-like:
+    every model shipped here was trained on T2-weighted scans, and on T1-like input the pipeline loses Dice
+    (docs/RESULTS.md, T1 phantoms)."""
     import warnings
 
     from spinesegdiff.anatomy import SagittalSlice
-    from spinesegdiff.anatomy.measures import is_t2_like
+    from spinesegdiff.anatomy.measures import CONTRASTS, is_t2_like
 
     t2_like = is_t2_like(SagittalSlice(labels=np.asarray(labels), row_mm=MODEL_SPACING_MM, col_mm=MODEL_SPACING_MM,
                                        image=np.asarray(image, dtype=np.float32)))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from spinesegdiff.anatomy import LevelReport, scan_levels
+from spinesegdiff.anatomy.measures import CONTRASTS
 from spinesegdiff.data.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_segmentation
 from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
@@ -39,7 +40,6 @@ from spinesegdiff.data.slicer import SEGMENTATION_SUFFIX, write_slicer_segmentat
 from spinesegdiff.errors import InputError, SpineSegDiffError
 from spinesegdiff.files import recover_staging
 from spinesegdiff.pipelines.checks import (
-    CONTRASTS,
     QualityWarning,
     check_contrast,
     check_slice_signal,
