@@ -68,21 +68,21 @@ class AugmentConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         object.__setattr__(self, "scale_range", tuple(self.scale_range))
         object.__setattr__(self, "gamma_range", tuple(self.gamma_range))
-        object.__setattr__(self, "thick_slice_mm", tuple(self.thick_slice_mm))
-        if len(self.thick_slice_mm) != 2 or not all(math.isfinite(t) for t in self.thick_slice_mm) or not (
-                0.0 < self.thick_slice_mm[0] <= self.thick_slice_mm[1]):
-            raise ValueError(f"thick_slice_mm must be (low, high) mm with 0 < low <= high, got {self.thick_slice_mm}")
+        _check_range(self, "thick_slice_mm", 0.0, math.inf, above_lowest=True)
         _check_range(self, "acquired_pixel_size", 1.0, math.inf)
         _check_range(self, "k_space_taper", 0.0, 1.0)
 
 
-def _check_range(config: AugmentConfig, name: str, lowest: float, highest: float) -> None:
+def _check_range(config: AugmentConfig, name: str, lowest: float, highest: float, *,
+                 above_lowest: bool = False) -> None:
     """Store the field ``name`` as a tuple and check it is a finite ``(low, high)`` with
-    ``lowest <= low <= high <= highest``."""
+    ``lowest <= low <= high <= highest`` (``lowest < low`` with ``above_lowest``)."""
     value = tuple(getattr(config, name))
     object.__setattr__(config, name, value)
-    if len(value) != 2 or not all(math.isfinite(v) for v in value) or not (lowest <= value[0] <= value[1] <= highest):
-        raise ValueError(f"{name} must be finite (low, high) with {lowest} <= low <= high <= {highest}, got {value}")
+    low_ok = len(value) == 2 and (value[0] > lowest if above_lowest else value[0] >= lowest)
+    if not low_ok or not all(math.isfinite(v) for v in value) or not value[0] <= value[1] <= highest:
+        bound = f"{lowest} {'<' if above_lowest else '<='} low <= high <= {highest}"
+        raise ValueError(f"{name} must be finite (low, high) with {bound}, got {value}")
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator,
