@@ -24,7 +24,13 @@ from scipy import ndimage
 from spinesegdiff.anatomy import SagittalSlice, measure_levels
 from spinesegdiff.anatomy import measures as m
 from spinesegdiff.anatomy.sagittal import Frame, bounding_box
-from spinesegdiff.evaluation.levels import bootstrap_interval, compare_patient, read_gradings, spearman
+from spinesegdiff.evaluation.levels import (
+    SAME_DISC_MM,
+    bootstrap_interval,
+    compare_patient,
+    read_gradings,
+    spearman,
+)
 from spinesegdiff.evaluation.uncertainty_metrics import auroc
 
 SOURCES = ("reference masks", "held-out U-Net")
@@ -326,6 +332,23 @@ def _signal(quantile: float | None, *, clean: bool, local: bool) -> Candidate:
     return candidate
 
 
+def _mean_over_neighbours(context: dict[str, Any], central: dict[int, float | None], places: dict[int, np.ndarray],
+                          side: int, neighbour_values: Callable[[SagittalSlice], Any]) -> dict[int, float | None]:
+    """Per rank: the central slice's value (``central``) averaged with those of the slices up to ``side`` either
+    side. ``neighbour_values(slice)`` gives ``(centroid_mm, value)`` per level found there; a level counts for
+    the central level of ``places`` (rank -> centroid) whose centroid is within ``SAME_DISC_MM``."""
+    scan = context["scan"]
+    values = {rank: [v] for rank, v in central.items() if v is not None}
+    for other in context["slices"]:
+        if other.index == scan.index or abs(other.index - scan.index) > side:
+            continue
+        for centroid, value in neighbour_values(other):
+            near = [r for r, c in places.items() if np.hypot(*(np.array(centroid) - c)) <= SAME_DISC_MM]
+            if value is not None and near and near[0] in values:
+                values[near[0]].append(value)
+    return {rank: float(np.mean(v)) for rank, v in values.items()}
+
+
 def _signal_over_slices(quantile: float | None, *, clean: bool, local: bool, side: int = 1) -> Candidate:
     """The ratio averaged over the central slice and its ``side`` neighbours either side, discs matched by
     centroid (within 10 mm) to the central slice's named discs."""
@@ -333,25 +356,21 @@ def _signal_over_slices(quantile: float | None, *, clean: bool, local: bool, sid
 
     central = _signal(quantile, clean=clean, local=local)
 
+    def ratios(other: SagittalSlice) -> list[tuple[Any, float | None]]:
+        if not m.is_t2_like(other):
+            return []
+        levels, out = identify_levels(other), []
+        for disc in levels.discs:
+            mask = levels.mask(disc)
+            frame = m.disc_frame(other, levels, disc)
+            nucleus = nucleus_intensity(other, mask, frame, quantile=quantile)
+            csf = csf_intensity(other, other.points_mm(mask), frame, clean=clean, local=local)
+            out.append((disc.centroid_mm, nucleus / csf if nucleus is not None and csf else None))
+        return out
+
     def candidate(context: dict[str, Any]) -> dict[int, float | None]:
-        scan = context["scan"]
-        values = {rank: [v] for rank, v in central(context).items() if v is not None}
         places = {d.rank: np.array(d.centroid_mm) for d in context["report"].levels.discs if d.rank is not None}
-        for other in context["slices"]:
-            if other.index == scan.index or abs(other.index - scan.index) > side or not m.is_t2_like(other):
-                continue
-            levels = identify_levels(other)
-            for disc in levels.discs:
-                near = [r for r, c in places.items() if np.hypot(*(np.array(disc.centroid_mm) - c)) <= 10.0]
-                if not near or near[0] not in values:
-                    continue
-                mask = levels.mask(disc)
-                frame = m.disc_frame(other, levels, disc)
-                nucleus = nucleus_intensity(other, mask, frame, quantile=quantile)
-                csf = csf_intensity(other, other.points_mm(mask), frame, clean=clean, local=local)
-                if nucleus is not None and csf:
-                    values[near[0]].append(nucleus / csf)
-        return {rank: float(np.mean(v)) for rank, v in values.items()}
+        return _mean_over_neighbours(context, central(context), places, side, ratios)
     return candidate
 
 
@@ -362,25 +381,18 @@ def _field_over_slices(kind: str, key: str, side: int = 1) -> Candidate:
     slice's partial volume and where it happens to cut the disc or body; their mean over 3 mm carries less."""
     central = _field(kind, key)
 
+    def measured(other: SagittalSlice) -> list[tuple[Any, float | None]]:
+        report = measure_levels(other)
+        by_rank = {e["rank"]: e[key] for e in (report.discs if kind == "disc" else report.vertebrae)
+                   if e["rank"] is not None}
+        others = report.levels.discs if kind == "disc" else report.levels.vertebrae
+        return [(element.centroid_mm, by_rank.get(element.rank)) for element in others]
+
     def candidate(context: dict[str, Any]) -> dict[int, float | None]:
-        scan, levels = context["scan"], context["report"].levels
+        levels = context["report"].levels
         elements = levels.discs if kind == "disc" else levels.vertebrae
         places = {e.rank: np.array(e.centroid_mm) for e in elements if e.rank is not None}
-        values = {rank: [v] for rank, v in central(context).items() if v is not None}
-        for other in context["slices"]:
-            if other.index == scan.index or abs(other.index - scan.index) > side:
-                continue
-            report = measure_levels(other)
-            by_rank = {e["rank"]: e[key] for e in (report.discs if kind == "disc" else report.vertebrae)
-                       if e["rank"] is not None and e[key] is not None}
-            others = report.levels.discs if kind == "disc" else report.levels.vertebrae
-            for element in others:
-                if element.rank not in by_rank:
-                    continue
-                near = [r for r, c in places.items() if np.hypot(*(np.array(element.centroid_mm) - c)) <= 10.0]
-                if near and near[0] in values:
-                    values[near[0]].append(by_rank[element.rank])
-        return {rank: float(np.mean(v)) for rank, v in values.items()}
+        return _mean_over_neighbours(context, central(context), places, side, measured)
     return candidate
 
 
