@@ -162,17 +162,23 @@ def spine_quality(labels: np.ndarray) -> dict[str, Any]:
     return {"verdict": verdict, "reasons": missing or reasons, "measures": measures}
 
 
-def check_spine_quality(quality: dict[str, Any], source: str | Path | None) -> None:
-    """Refuse an implausible result (no spine found); warn with :class:`QualityWarning` about a doubtful one."""
+def warn_doubtful(source: str | Path | None, problem: str, *, stacklevel: int = 2) -> None:
+    """Warn with :class:`QualityWarning` that a written result is doubtful, the message naming the file as an
+    :class:`~spinesegdiff.errors.InputError` does (``stacklevel`` counts from the caller, as for
+    :func:`warnings.warn`)."""
     import warnings
 
+    where = "" if source is None else f"{source}: "
+    warnings.warn(f"{where}{problem}", QualityWarning, stacklevel=stacklevel + 1)
+
+
+def check_spine_quality(quality: dict[str, Any], source: str | Path | None) -> None:
+    """Refuse an implausible result (no spine found); warn with :class:`QualityWarning` about a doubtful one."""
     reasons = "; ".join(quality["reasons"])
     if quality["verdict"] == "implausible":
         raise InputError(source, f"no plausible lumbar spine found in the scan ({reasons})")
     if quality["verdict"] == "doubtful":
-        where = "" if source is None else f"{source}: "
-        warnings.warn(f"{where}the segmentation does not look like a whole lumbar spine ({reasons})",
-                      QualityWarning, stacklevel=3)
+        warn_doubtful(source, f"the segmentation does not look like a whole lumbar spine ({reasons})", stacklevel=3)
 
 
 def check_contrast(labels: np.ndarray, image: np.ndarray, source: str | Path | None) -> str:
@@ -181,17 +187,14 @@ def check_contrast(labels: np.ndarray, image: np.ndarray, source: str | Path | N
     :data:`~spinesegdiff.anatomy.measures.CONTRASTS`. Warns with :class:`QualityWarning` when it is not T2-like:
     every model shipped here was trained on T2-weighted scans, and on T1-like input the pipeline loses Dice
     (docs/RESULTS.md, T1 phantoms)."""
-    import warnings
-
     from spinesegdiff.anatomy import SagittalSlice
     from spinesegdiff.anatomy.measures import CONTRASTS, is_t2_like
 
     t2_like = is_t2_like(SagittalSlice(labels=np.asarray(labels), row_mm=MODEL_SPACING_MM, col_mm=MODEL_SPACING_MM,
                                        image=np.asarray(image, dtype=np.float32)))
     if t2_like is False:
-        where = "" if source is None else f"{source}: "
-        warnings.warn(f"{where}the slice does not look T2-weighted (its spinal canal is not brighter than its "
-                      "vertebrae): the models were trained on T2-weighted scans only, so expect a lower Dice than "
-                      "on T2 (the model card, spinesegdiff/assets/MODEL_CARD.md, says how much)", QualityWarning,
+        warn_doubtful(source, "the slice does not look T2-weighted (its spinal canal is not brighter than its "
+                              "vertebrae): the models were trained on T2-weighted scans only, so expect a lower Dice "
+                              "than on T2 (the model card, spinesegdiff/assets/MODEL_CARD.md, says how much)",
                       stacklevel=3)
     return CONTRASTS[t2_like]

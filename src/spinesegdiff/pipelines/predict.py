@@ -45,6 +45,7 @@ from spinesegdiff.pipelines.checks import (
     check_slice_signal,
     check_spine_quality,
     spine_quality,
+    warn_doubtful,
 )
 from spinesegdiff.pipelines.cluster import RayEngine
 from spinesegdiff.pipelines.inputs import (
@@ -299,11 +300,10 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
                            if quality["verdict"] == "ok" else CONTRASTS[None])
     model_grid = model_grid_summary(grid)
     if model_grid["cropped"]:
-        where = "" if scan.source is None else f"{scan.source}: "
         cut = [f"{axis.model_size * axis.model_spacing:.0f} mm of its {axis.field_of_view_mm:.0f} mm {name}"
                for name, axis in (("superior-inferior", grid.rows), ("anterior-posterior", grid.cols)) if axis.crops]
-        warnings.warn(f"{where}the field of view is larger than the model grid can hold: only the central "
-                      f"{' and '.join(cut)} were segmented", QualityWarning, stacklevel=2)
+        warn_doubtful(scan.source, "the field of view is larger than the model grid can hold: only the central "
+                                   f"{' and '.join(cut)} were segmented")
     described = {
         "model": segmenter.model_name,
         "variant": segmenter.model_config.variant,
