@@ -192,3 +192,35 @@ def test_in_a_volume_a_canal_kept_for_bodies_that_were_removed_in_front_goes_too
     assert not kept[0][:, :112].any(), "the psoas (in front of the midline column) and then the canal go"
     assert (kept[0][40:200, 112:141] == VERTEBRA).all()
     assert cleanup.removed_mm2["SC"] == 60 * 8 and cleanup.removed_mm2["VB"] == 60 * 40
+
+
+def _lateral_slice_with_psoas() -> tuple[np.ndarray, np.ndarray]:
+    """A one-slice scan 10 mm beside the midline: five bodies 25 mm high at columns 100-140 as separate parts
+    (the discs between them undrawn, 9 mm gaps), a psoas taken for vertebra 25-60 mm in front (larger than any
+    one body, smaller than the five) and a vessel taken for canal between the two. Returns the slice and the
+    bodies alone."""
+    bodies = np.zeros((320, 320), dtype=np.uint8)
+    for level in range(5):
+        bodies[40 + 34 * level:65 + 34 * level, 100:141] = VERTEBRA
+    labels = bodies.copy()
+    labels[80:180, 40:76] = VERTEBRA
+    labels[90:170, 80:98] = SPINAL_CANAL  # touches neither, within 12 mm of both
+    return labels, bodies
+
+
+def test_a_one_slice_scan_is_bounded_by_its_own_column_of_bodies() -> None:
+    labels, bodies = _lateral_slice_with_psoas()
+    assert np.array_equal(plausible_labels(labels)[0], labels), "grown from the psoas, the slice keeps it all"
+    _, kept, cleanup = plausible_probabilities(_one_hot(labels[None]), labels[None])
+    assert np.array_equal(kept[0], bodies), "the stack of bodies is the column, not the largest single part"
+    assert cleanup.removed_mm2["SC"] == 80 * 18 and cleanup.removed_mm2["VB"] == 100 * 36
+
+
+def test_a_one_slice_midline_spine_keeps_its_canal_and_posterior_elements() -> None:
+    labels = _spine()
+    labels[20:300, 200:215] = VERTEBRA  # posterior elements drawn as one tall part behind, joined to the others:
+    column = (labels == VERTEBRA) | (labels == DISC)
+    assert column[:, 150:].sum() > column[:, :150].sum(), "heavier than the bodies and discs"
+    _, kept, cleanup = plausible_probabilities(_one_hot(labels[None]), labels[None])
+    assert np.array_equal(kept[0], labels)
+    assert sum(cleanup.removed_mm2.values()) == 0

@@ -20,7 +20,13 @@ model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to po
    and so is every pixel that far in front (a psoas taken for vertebrae can join the spine on a lateral slice,
    and its part's centre then lies close enough); a canal part centred in front of the border is dropped too
    (the canal lies behind the bodies, never in front of their front). Where this removed anything, rules 1-3
-   run again on the slice: the vertebrae that made a canal part pass rule 2 may have been among what went.
+   run again on the slice: the vertebrae that made a canal part pass rule 2 may have been among what went;
+5. a one-slice scan (``predict``'s chosen slice, or a scan of one sagittal slice) has no mid-sagittal slice, so
+   rule 4 takes the border from the slice's own column (:func:`_slice_column`: its stack of bodies and discs).
+   Beside the midline the bodies are separate parts and a psoas or bowel loop taken for vertebrae can be the
+   largest part of the slice, with a vessel taken for canal joining it to the spine (rules 1 and 2 then keep
+   it): on the external 2D T2 scans 8-10 mm from the midline, up to 30 % of the predicted pixels lay more than
+   15 mm in front of the spine before this rule, none after (``benchmarks/off_midline.py``).
 
 Removed pixels become background; their probability mass moves to the background class, so the label map
 restored on the scan's grid follows, while the uncertainty map is left as the sampler made it (it still shows
@@ -237,6 +243,40 @@ def _volume_border(labels: np.ndarray) -> np.ndarray | None:
     return _front_of(spine & ((reference == VERTEBRA) | (reference == DISC)))
 
 
+def _slice_column(labels: np.ndarray) -> np.ndarray | None:
+    """One slice's own spinal column: the vertebra and disc pixels of the stack with the largest area among the
+    stacks that hold a disc (among all when none does), where a stack is what joins when each part reaches
+    :data:`MAX_GAP_MM` / 2 up and down and one pixel to either side; ``None`` when the slice has no stack of
+    :data:`MIN_ANCHOR_MM2`.
+
+    Bodies and discs lie one above the other; on a slice beside the midline the bodies are often separate parts
+    (the discs between them undrawn), so they are joined vertically, not across: a psoas or bowel loop taken for
+    vertebrae lies in front, and the posterior elements behind, the canal's width away. The posterior elements
+    (vertebra class too) can outweigh the bodies, but they never hold a disc."""
+    column = _without_small_parts((labels == VERTEBRA) | (labels == DISC))
+    reach = round(MAX_GAP_MM / 2 / MODEL_SPACING_MM)
+    stacks, count = ndimage.label(ndimage.binary_dilation(column, structure=np.ones((2 * reach + 1, 3), dtype=bool)),
+                                  structure=_EIGHT)
+    if count == 0:
+        return None
+    areas = np.bincount(stacks[column], minlength=count + 1)
+    disc_areas = np.bincount(stacks[column & (labels == DISC)], minlength=count + 1) * MODEL_SPACING_MM**2
+    with_disc = disc_areas >= MIN_PART_MM2
+    if with_disc.any():
+        areas = np.where(with_disc, areas, 0)
+    largest = int(areas.argmax())
+    if areas[largest] * MODEL_SPACING_MM**2 < MIN_ANCHOR_MM2:
+        return None
+    return column & (stacks == largest)
+
+
+def _slice_border(labels: np.ndarray) -> np.ndarray | None:
+    """The anterior border of one slice's own column (:func:`_slice_column`) per row, NaN above and below it;
+    ``None`` when there is none. It bounds a one-slice scan, which has no mid-sagittal slice to take it from."""
+    column = _slice_column(labels)
+    return None if column is None else _front_of(column)
+
+
 def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,
                             ) -> tuple[np.ndarray, np.ndarray, Cleanup]:
     """Apply :func:`plausible_labels` to ``N`` slices and move the removed pixels' mass to the background.
@@ -244,7 +284,8 @@ def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,
     With several slices of one scan (``--volume``), a slice beside the spine may hold no spine at all, only
     structures drawn where none are (the psoas taken for vertebrae): there the largest part is no anchor. So the
     column's anterior border on the slice with the most canal (the mid-sagittal one) also bounds every other
-    slice: parts whose centre lies more than :data:`MAX_IN_FRONT_MM` in front of it are removed.
+    slice: parts whose centre lies more than :data:`MAX_IN_FRONT_MM` in front of it are removed. One slice alone
+    (``N = 1``) is bounded by its own stack of bodies and discs (rule 5 of the module).
 
     Args:
         class_probabilities: ``(N, 4, H, W)`` float32, background first, summing to 1.
@@ -257,7 +298,7 @@ def plausible_probabilities(class_probabilities: np.ndarray, labels: np.ndarray,
     probabilities = class_probabilities.copy()
     kept_labels = np.empty_like(labels)
     total = Cleanup()
-    border = _volume_border(labels) if labels.shape[0] > 1 else None
+    border = _volume_border(labels) if labels.shape[0] > 1 else _slice_border(labels[0])
     for n in range(labels.shape[0]):
         kept_labels[n], cleanup = plausible_labels(labels[n])
         if border is not None:
