@@ -180,6 +180,9 @@ def test_spine_quality_accepts_a_spine_and_flags_what_is_wrong() -> None:
     front[front == SPINAL_CANAL] = 0
     front[30:240, 70:85] = SPINAL_CANAL
     assert spine_quality(front)["reasons"] == ["canal not behind the vertebrae (offset -42.5 mm)"]
+    lateral = spine.copy()
+    lateral[lateral == SPINAL_CANAL] = 0
+    assert spine_quality(lateral)["reasons"] == ["no spinal canal (a slice beside the midline shows none)"]
     nothing = np.zeros_like(spine)
     nothing[10:20, 10:20] = SPINAL_CANAL
     verdict = spine_quality(nothing)

@@ -152,7 +152,9 @@ def spine_quality(labels: np.ndarray) -> dict[str, Any]:
     reasons = [f"{key} {measures[key]:g} < {limit:g}" for key, limit in DOUBTFUL_LIMITS.items()
                if measures[key] < limit]
     behind = measures["canal_behind_bodies_mm"]
-    if behind is None or not 0.0 <= behind <= MAX_CANAL_BEHIND_MM:
+    if behind is None:
+        reasons.append("no spinal canal (a slice beside the midline shows none)")
+    elif not 0.0 <= behind <= MAX_CANAL_BEHIND_MM:
         reasons.append(f"canal not behind the vertebrae (offset {behind} mm)")
     if covered > MAX_COVERED_FRACTION:
         reasons.append(f"structures cover {covered:.0%} of the slice")
