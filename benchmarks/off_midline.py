@@ -21,30 +21,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sagittal_cuts import one_slice, sagittal_axis
 
-from spinesegdiff.data.io import Geometry, read_sitk_image
+from spinesegdiff.data.io import read_sitk_image
 from spinesegdiff.data.preprocess import native_slice
 from spinesegdiff.evaluation.partial_labels import body_scores, disc_scores, far_in_front_fraction
 from spinesegdiff.pipelines.predict import segment
 from spinesegdiff.pipelines.segmenter import Segmenter
 from spinesegdiff.pipelines.settings import SamplerSettings
-
-
-def sagittal_axis(image) -> int:
-    """The SimpleITK index axis of ``image`` that runs most nearly left-right."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    return int(np.argmax(np.abs(direction[0])))  # row 0: the x (L-R) component of each index axis
-
-
-def one_slice(image, axis: int, index: int) -> tuple[np.ndarray, Geometry]:
-    """Slice ``index`` along index axis ``axis`` as a one-slice 3D scan ``(array_zyx, geometry)``."""
-    import SimpleITK as sitk
-
-    size = list(image.GetSize())
-    start = [0, 0, 0]
-    size[axis], start[axis] = 1, index
-    cut = sitk.RegionOfInterest(image, size=size, index=start)
-    return sitk.GetArrayFromImage(cut), Geometry.from_sitk(cut)
 
 
 def _score(result, reference_zyx: np.ndarray, kind: str) -> dict[str, float | None]:
@@ -84,8 +68,8 @@ def main() -> None:
             for offset in args.offsets:
                 if not 0 <= midline + offset < image.GetSize()[axis]:
                     continue
-                scan = one_slice(image, axis, midline + offset)
-                reference, _ = one_slice(mask, axis, midline + offset)
+                scan = one_slice(image, midline + offset)
+                reference, _ = one_slice(mask, midline + offset)
                 try:
                     result = segment(scan, segmenter=segmenter)
                 except Exception as err:  # a refused slice is a result here, not a crash
