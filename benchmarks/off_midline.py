@@ -1,15 +1,20 @@
 """The shipped pipeline on single sagittal slices away from the midline (issue 13: "slice positions").
 
 Users often hand over one slice, and not always the mid-sagittal one. Each scan of
-``../shared/data/external-t2-2d`` holds 21 slices at 1 mm around its midline (``index.json``); this cuts single
-slices at the given offsets, segments each as a one-slice scan of its own (nothing from the neighbours, no
-mid-sagittal choice, exactly what ``predict`` does with a one-slice file) and scores it against that slice's own
-reference as :mod:`spinesegdiff.evaluation.partial_labels` says (body Dice within 3 mm of the reference bodies,
-disc Dice within the labelled discs' rows, share of predicted pixels more than 15 mm in front of the spine).
-The rows are grouped by the distance from the midline, so the fall-off with it is the point. The scans are for
-evaluation only; no model here was trained on them.
+``../shared/data/external-t2-2d`` holds 21 slices at 1 mm; this cuts single slices out of it, segments each as a
+one-slice scan of its own (nothing from the neighbours, no mid-sagittal choice, exactly what ``predict`` does
+with a one-slice file) and scores it against that slice's own reference as
+:mod:`spinesegdiff.evaluation.partial_labels` says (body Dice within 3 mm of the reference bodies, disc Dice
+within the labelled discs' rows, share of predicted pixels more than 15 mm in front of the spine). The rows
+group the slices by their distance from the midline, so the fall-off with it is the point.
 
-    python benchmarks/off_midline.py [--offsets -9 -6 -3 0 3 6 9] [--model M --preseg-model U]
+The midline (``--around``) is either the slice ``predict`` chooses on the whole scan by anatomy (the widest
+canal and the spinous processes; the default) or the folder's ``midline_slice`` (``index.json``: the slice
+with the most labelled pixels, which on these scans often shows the pedicles, 8-10 mm from the anatomical
+midline). The scans are for evaluation only; no model here was trained on them.
+
+    python benchmarks/off_midline.py [--around anatomy|folder] [--offsets -9 0 9] [--bin-mm 3]
+        [--model M --preseg-model U]
 """
 
 from __future__ import annotations
@@ -45,8 +50,11 @@ def _score(result, reference_zyx: np.ndarray, kind: str) -> dict[str, float | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/external-t2-2d"))
-    parser.add_argument("--offsets", type=int, nargs="+", default=[-9, -6, -3, 0, 3, 6, 9],
-                        help="slice offsets from the midline in slices (1 mm each); + is one way, - the other")
+    parser.add_argument("--around", choices=("anatomy", "folder"), default="anatomy",
+                        help="the midline: predict's choice on the whole scan, or index.json's midline_slice")
+    parser.add_argument("--offsets", type=int, nargs="+",
+                        help="slice offsets from the midline (1 mm each; default: every slice of the scan)")
+    parser.add_argument("--bin-mm", type=int, default=3, help="rows group distances in bins this wide")
     parser.add_argument("--model", help="a diffusion model (default: the shipped refiner with the shipped U-Net)")
     parser.add_argument("--preseg", default=None, help="none, unet or nnunet (as predict's --preseg)")
     parser.add_argument("--preseg-model", help="the presegmenter's model (a U-Net run or checkpoint)")
@@ -57,16 +65,21 @@ def main() -> None:
     segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
                                           settings=SamplerSettings())
     index = json.loads((args.data / "index.json").read_text(encoding="utf-8"))
-    print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; one-slice scans")
+    print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; one-slice scans; midline: "
+          f"{'predict' + chr(39) + 's choice by anatomy' if args.around == 'anatomy' else 'index.json'}")
     table: dict[tuple[str, int], dict[str, list[float]]] = {}
     started = time.perf_counter()
     for kind in ("vb", "ivd"):
         for path in sorted((args.data / kind / "images").glob("*.mha")):
             image, mask = read_sitk_image(path), read_sitk_image(args.data / kind / "masks" / path.name)
-            axis = sagittal_axis(image)
-            midline = index[kind][path.name.removesuffix(".mha")]["midline_slice"]
-            for offset in args.offsets:
-                if not 0 <= midline + offset < image.GetSize()[axis]:
+            slices = image.GetSize()[sagittal_axis(image)]
+            if args.around == "folder":
+                midline = index[kind][path.name.removesuffix(".mha")]["midline_slice"]
+            else:
+                midline = segment(path, segmenter=segmenter).prepared.indices[0]
+            offsets = args.offsets if args.offsets else [k - midline for k in range(slices)]
+            for offset in offsets:
+                if not 0 <= midline + offset < slices:
                     continue
                 scan = one_slice(image, midline + offset)
                 reference, _ = one_slice(mask, midline + offset)
@@ -83,7 +96,8 @@ def main() -> None:
                               "pixels more than 15 mm in front of the spine")
                 for key, value in scores.items():
                     if value is not None:
-                        table.setdefault((kind, abs(offset)), {}).setdefault(key, []).append(value)
+                        distance = abs(offset) // args.bin_mm * args.bin_mm
+                        table.setdefault((kind, distance), {}).setdefault(key, []).append(value)
     print(f"{time.perf_counter() - started:.0f} s in all")
     print("| set | mm from midline | slices | body Dice | body recall | disc Dice | in front >15 mm (mean / max) "
           "| refused |")
@@ -95,7 +109,8 @@ def main() -> None:
 
         front = values.get("far_in_front", [])
         front_cell = f"{np.mean(front):.3f} / {np.max(front):.3f}" if front else ""
-        print(f"| {kind} | {distance} | {len(values['refused'])} | {cell('body_dice')} | {cell('body_recall')} | "
+        span = f"{distance}" if args.bin_mm == 1 else f"{distance}-{distance + args.bin_mm - 1}"
+        print(f"| {kind} | {span} | {len(values['refused'])} | {cell('body_dice')} | {cell('body_recall')} | "
               f"{cell('disc_dice')} | {front_cell} | {int(sum(values['refused']))} |")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from spinesegdiff.data.labels import DISC, SPINAL_CANAL, VERTEBRA
 from spinesegdiff.pipelines.plausibility import plausible_labels, plausible_probabilities
@@ -258,3 +259,23 @@ def test_predict_on_a_real_one_slice_scan_10_mm_off_the_midline_draws_nothing_fa
     assert body_scores(labels, reference, spacing)["body_dice"] > 0.8  # 0.839 on this slice (mean 0.915 at 10 mm)
     report = json.loads((tmp_path / "out" / "lateral.json").read_text(encoding="utf-8"))
     assert report["slice"]["chosen_by"] == "only"
+
+
+def test_the_spine_is_anchored_on_its_stack_of_bodies_not_on_the_largest_part() -> None:
+    """Far beside the midline the bodies and discs are separate parts, and the bladder taken for vertebra and
+    disc can outweigh each of them: the spine is still what is kept (on vb2-12, 15 mm off the midline, the old
+    anchor removed the whole spine and kept the bladder)."""
+    spine = np.zeros((320, 320), dtype=np.uint8)
+    for level in range(5):
+        top = 40 + 34 * level
+        spine[top:top + 25, 100:141] = VERTEBRA
+        if level < 4:
+            spine[top + 27:top + 32, 102:139] = DISC  # undrawn at the endplates: a part of its own
+    labels = spine.copy()
+    labels[230:290, 60:120] = VERTEBRA  # the bladder, 29 mm below the lowest body
+    labels[250:270, 80:100] = DISC
+    parts = ndimage.label(labels > 0)[0]
+    assert np.bincount(parts[labels > 0]).argmax() == parts[260, 70], "the bladder is the largest part"
+    kept, cleanup = plausible_labels(labels)
+    assert np.array_equal(kept, spine)
+    assert cleanup.removed_mm2["VB"] == 60 * 60 - 20 * 20 and cleanup.removed_mm2["IVD"] == 20 * 20

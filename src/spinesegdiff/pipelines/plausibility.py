@@ -4,10 +4,13 @@ On scans unlike the training data (off-centre slices, other scanners and contras
 vertebra, a disc or a canal in the abdomen or the psoas. The rule here removes such parts from each segmented
 model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to posterior):
 
-1. the spine is grown from the largest connected part of all structure pixels (canal, vertebrae, discs): another
-   part joins when it lies within :data:`MAX_GAP_MM` of the spine grown so far (a missing disc leaves a gap of
-   about one disc height, and the spinous processes lie across the canal, so the whole spine is kept; a
-   structure in the abdomen or the psoas, more than a centimetre from anything, is not);
+1. the spine is grown from the slice's column, its stack of bodies and discs (:func:`_slice_column`; without
+   one, from the largest connected part of all structure pixels): another part (canal, vertebrae, discs) joins
+   when it lies within :data:`MAX_GAP_MM` of the spine grown so far (a missing disc leaves a gap of about one
+   disc height, and the spinous processes lie across the canal, so the whole spine is kept; a structure in the
+   abdomen or the psoas, more than a centimetre from anything, is not). The anchor is the stack, not the largest
+   part: far beside the midline the bodies are separate parts, and the bladder taken for vertebra and disc can
+   outweigh each of them (on vb2-12 15 mm off the midline, the largest part as anchor removed the whole spine);
 2. a canal part of the spine is kept only when the vertebral bodies lie in front of it: at the rows it spans,
    at least :data:`MIN_FRONT_SHARE` as much vertebra and disc lies in front of it as behind it (a vessel drawn
    as canal along the front of the bodies has the whole column behind it);
@@ -22,7 +25,7 @@ model-grid slice (1 mm pixels, rows superior to inferior, columns anterior to po
    (the canal lies behind the bodies, never in front of their front). Where this removed anything, rules 1-3
    run again on the slice: the vertebrae that made a canal part pass rule 2 may have been among what went;
 5. a one-slice scan (``predict``'s chosen slice, or a scan of one sagittal slice) has no mid-sagittal slice, so
-   rule 4 takes the border from the slice's own column (:func:`_slice_column`: its stack of bodies and discs).
+   rule 4 takes the border from the slice's own column (rule 1's stack of bodies and discs).
    Beside the midline the bodies are separate parts and a psoas or bowel loop taken for vertebrae can be the
    largest part of the slice, with a vessel taken for canal joining it to the spine (rules 1 and 2 then keep
    it): on the external 2D T2 scans 8-10 mm from the midline, up to 30 % of the predicted pixels lay more than
@@ -95,17 +98,53 @@ def _distance_to(mask: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask) * MODEL_SPACING_MM
 
 
-def _grown_spine(structures: np.ndarray) -> np.ndarray | None:
-    """The spine: the largest part of ``structures`` and every part reachable from it in steps of at most
-    :data:`MAX_GAP_MM`; ``None`` when the largest part is too small to anchor anything."""
+def _slice_column(labels: np.ndarray) -> np.ndarray | None:
+    """One slice's own spinal column: the vertebra and disc pixels of the stack with the largest area among the
+    stacks that hold a disc (among all when none does), where a stack is what joins when each part reaches
+    :data:`MAX_GAP_MM` / 2 up and down and one pixel to either side; ``None`` when the slice has no stack of
+    :data:`MIN_ANCHOR_MM2`.
+
+    Bodies and discs lie one above the other; on a slice beside the midline the bodies are often separate parts
+    (the discs between them undrawn), so they are joined vertically, not across: a psoas or bowel loop taken for
+    vertebrae lies in front, and the posterior elements behind, the canal's width away. The posterior elements
+    (vertebra class too) can outweigh the bodies, but they never hold a disc."""
+    column = _without_small_parts((labels == VERTEBRA) | (labels == DISC))
+    reach = round(MAX_GAP_MM / 2 / MODEL_SPACING_MM)
+    stacks, count = ndimage.label(ndimage.binary_dilation(column, structure=np.ones((2 * reach + 1, 3), dtype=bool)),
+                                  structure=_EIGHT)
+    if count == 0:
+        return None
+    areas = np.bincount(stacks[column], minlength=count + 1)
+    disc_areas = np.bincount(stacks[column & (labels == DISC)], minlength=count + 1) * MODEL_SPACING_MM**2
+    with_disc = disc_areas >= MIN_PART_MM2
+    if with_disc.any():
+        areas = np.where(with_disc, areas, 0)
+    largest = int(areas.argmax())
+    if areas[largest] * MODEL_SPACING_MM**2 < MIN_ANCHOR_MM2:
+        return None
+    return column & (stacks == largest)
+
+
+def _grown_spine(labels: np.ndarray) -> np.ndarray | None:
+    """The spine: the parts of the slice's column (:func:`_slice_column`; without one, the largest part of all
+    structures) and every part reachable from them in steps of at most :data:`MAX_GAP_MM`; ``None`` when
+    nothing is large enough to anchor it.
+
+    The anchor is the column, not simply the largest part: beside the midline the bodies are separate parts, and
+    the bladder or a bowel loop taken for spine can outweigh each of them, though not their stack."""
+    structures = labels > 0
     parts, count = ndimage.label(structures, structure=_EIGHT)
     if count == 0:
         return None
-    sizes = np.bincount(parts.ravel(), minlength=count + 1)
-    sizes[0] = 0
-    if sizes.max() * MODEL_SPACING_MM**2 < MIN_ANCHOR_MM2:
-        return None
-    kept = {int(sizes.argmax())}
+    column = _slice_column(labels)
+    if column is not None:
+        kept = set(np.unique(parts[column]).tolist()) - {0}
+    else:
+        sizes = np.bincount(parts.ravel(), minlength=count + 1)
+        sizes[0] = 0
+        if sizes.max() * MODEL_SPACING_MM**2 < MIN_ANCHOR_MM2:
+            return None
+        kept = {int(sizes.argmax())}
     while True:
         near = _distance_to(np.isin(parts, list(kept))) <= MAX_GAP_MM
         reached = set(np.unique(parts[near & structures]).tolist()) - {0}
@@ -188,7 +227,7 @@ def plausible_labels(labels: np.ndarray) -> tuple[np.ndarray, Cleanup]:
     Returns:
         The kept labels (same shape and dtype; removed pixels are 0) and what was removed.
     """
-    spine = _grown_spine(labels > 0)
+    spine = _grown_spine(labels)
     if spine is None:
         return labels, Cleanup()
     column = spine & ((labels == VERTEBRA) | (labels == DISC))
@@ -236,38 +275,11 @@ def _volume_border(labels: np.ndarray) -> np.ndarray | None:
     canal = (labels == SPINAL_CANAL).sum(axis=(1, 2))
     behind = np.array([canal_behind_vertebrae(slice_labels) for slice_labels in labels])
     reference = labels[int(np.argmax(np.where(behind, canal, -1)))] if behind.any() else labels[int(np.argmax(canal))]
-    spine = _grown_spine(reference > 0)
+    spine = _grown_spine(reference)
     if spine is None:
         return None
     # NaN above and below: the spine may curve away beyond the part the slice shows
     return _front_of(spine & ((reference == VERTEBRA) | (reference == DISC)))
-
-
-def _slice_column(labels: np.ndarray) -> np.ndarray | None:
-    """One slice's own spinal column: the vertebra and disc pixels of the stack with the largest area among the
-    stacks that hold a disc (among all when none does), where a stack is what joins when each part reaches
-    :data:`MAX_GAP_MM` / 2 up and down and one pixel to either side; ``None`` when the slice has no stack of
-    :data:`MIN_ANCHOR_MM2`.
-
-    Bodies and discs lie one above the other; on a slice beside the midline the bodies are often separate parts
-    (the discs between them undrawn), so they are joined vertically, not across: a psoas or bowel loop taken for
-    vertebrae lies in front, and the posterior elements behind, the canal's width away. The posterior elements
-    (vertebra class too) can outweigh the bodies, but they never hold a disc."""
-    column = _without_small_parts((labels == VERTEBRA) | (labels == DISC))
-    reach = round(MAX_GAP_MM / 2 / MODEL_SPACING_MM)
-    stacks, count = ndimage.label(ndimage.binary_dilation(column, structure=np.ones((2 * reach + 1, 3), dtype=bool)),
-                                  structure=_EIGHT)
-    if count == 0:
-        return None
-    areas = np.bincount(stacks[column], minlength=count + 1)
-    disc_areas = np.bincount(stacks[column & (labels == DISC)], minlength=count + 1) * MODEL_SPACING_MM**2
-    with_disc = disc_areas >= MIN_PART_MM2
-    if with_disc.any():
-        areas = np.where(with_disc, areas, 0)
-    largest = int(areas.argmax())
-    if areas[largest] * MODEL_SPACING_MM**2 < MIN_ANCHOR_MM2:
-        return None
-    return column & (stacks == largest)
 
 
 def _slice_border(labels: np.ndarray) -> np.ndarray | None:
