@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--offsets", type=int, nargs="+",
                         help="slice offsets from the midline (1 mm each; default: every slice of the scan)")
     parser.add_argument("--bin-mm", type=int, default=3, help="rows group distances in bins this wide")
+    parser.add_argument("--worst", type=int, default=5, help="list this many slices with the lowest Dice")
     parser.add_argument("--model", help="a diffusion model (default: the shipped refiner with the shipped U-Net)")
     parser.add_argument("--preseg", default=None, help="none, unet or nnunet (as predict's --preseg)")
     parser.add_argument("--preseg-model", help="the presegmenter's model (a U-Net run or checkpoint)")
@@ -68,6 +69,7 @@ def main() -> None:
     print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; one-slice scans; midline: "
           f"{'predict' + chr(39) + 's choice by anatomy' if args.around == 'anatomy' else 'index.json'}")
     table: dict[tuple[str, int], dict[str, list[float]]] = {}
+    slices_scored: list[tuple[float, str, int]] = []
     started = time.perf_counter()
     for kind in ("vb", "ivd"):
         for path in sorted((args.data / kind / "images").glob("*.mha")):
@@ -94,11 +96,16 @@ def main() -> None:
                     if (scores.get("far_in_front") or 0.0) > 0.01:
                         print(f"  {path.stem} offset {offset:+d}: {scores['far_in_front']:.1%} of the predicted "
                               "pixels more than 15 mm in front of the spine")
+                dice = scores.get("body_dice", scores.get("disc_dice"))
+                if dice is not None:
+                    slices_scored.append((dice, path.stem, offset))
                 for key, value in scores.items():
                     if value is not None:
                         distance = abs(offset) // args.bin_mm * args.bin_mm
                         table.setdefault((kind, distance), {}).setdefault(key, []).append(value)
     print(f"{time.perf_counter() - started:.0f} s in all")
+    worst = ", ".join(f"{name} {offset:+d} mm {dice:.3f}" for dice, name, offset in sorted(slices_scored)[:args.worst])
+    print(f"lowest body or disc Dice: {worst}")
     print("| set | mm from midline | slices | body Dice | body recall | disc Dice | in front >15 mm (mean / max) "
           "| refused |")
     print("|---|---|---|---|---|---|---|---|")
