@@ -211,7 +211,7 @@ def _lateral_slice_with_psoas() -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_one_slice_scan_is_bounded_by_its_own_column_of_bodies() -> None:
     labels, bodies = _lateral_slice_with_psoas()
-    assert np.array_equal(plausible_labels(labels)[0], labels), "grown from the psoas, the slice keeps it all"
+    assert np.array_equal(plausible_labels(labels)[0], labels), "rules 1-3 keep it all: the vessel joins the psoas"
     _, kept, cleanup = plausible_probabilities(_one_hot(labels[None]), labels[None])
     assert np.array_equal(kept[0], bodies), "the stack of bodies is the column, not the largest single part"
     assert cleanup.removed_mm2["SC"] == 80 * 18 and cleanup.removed_mm2["VB"] == 100 * 36
