@@ -284,13 +284,14 @@ def t1_contrast(image: torch.Tensor, labels: torch.Tensor, config: AugmentConfig
     """
     batch, device = image.shape[0], image.device
     onehot = F.one_hot(labels.long(), 4).permute(0, 3, 1, 2).to(image.dtype)  # background, SC, VB, IVD
-    structures = ("canal", "vertebra", "disc")
-    low = torch.tensor([0.0, *(T1_MEANS[s][0] for s in structures)], device=device)
-    high = torch.tensor([0.0, *(T1_MEANS[s][1] for s in structures)], device=device)
-    new_means = low + (high - low) * torch.rand((batch, 4), generator=generator, device=device)
-    low = torch.tensor([1.0, *(T1_GAINS[s][0] for s in structures)], device=device)
-    high = torch.tensor([1.0, *(T1_GAINS[s][1] for s in structures)], device=device)
-    gains = low + (high - low) * torch.rand((batch, 4), generator=generator, device=device)
+
+    def per_region(ranges: dict[str, tuple[float, float]], background: float) -> torch.Tensor:
+        """``(B, 4)`` draws, uniform in each structure's range; the background's value is ``background``."""
+        low = torch.tensor([background, *(ranges[s][0] for s in ("canal", "vertebra", "disc"))], device=device)
+        high = torch.tensor([background, *(ranges[s][1] for s in ("canal", "vertebra", "disc"))], device=device)
+        return low + (high - low) * torch.rand((batch, 4), generator=generator, device=device)
+
+    new_means, gains = per_region(T1_MEANS, 0.0), per_region(T1_GAINS, 1.0)
     keep = torch.tensor([True, False, False, False], device=device)
     return _recolour(image, onehot, new_means, gains, keep, config.contrast_blur_px)
 
