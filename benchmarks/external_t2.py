@@ -32,14 +32,14 @@ from spinesegdiff.pipelines.segmenter import Segmenter
 from spinesegdiff.pipelines.settings import SamplerSettings
 
 
-def _mean(values: list[float | None]) -> str:
-    kept = [v for v in values if v is not None]
-    return f"{np.mean(kept):.3f}" if kept else "n/a"
-
-
 def _mean_or_none(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
+
+
+def _mean(values: list[float | None]) -> str:
+    mean = _mean_or_none(values)
+    return "n/a" if mean is None else f"{mean:.3f}"
 
 
 def _score_scan(result, reference: np.ndarray, kind: str) -> dict[str, float | None]:
@@ -93,10 +93,12 @@ def main() -> None:
             started = time.perf_counter()  # a cut series is timed from the cut, a whole scan from its file
             series = []
             for phase in range(args.slice_step):
-                cut = every_nth_slice(volume, args.slice_step, phase)
                 reference = sitk.GetArrayFromImage(every_nth_slice(mask, args.slice_step, phase))
-                # all slices: the file itself, so the seconds include reading it as predict's do
-                scan = image if args.slice_step == 1 else (sitk.GetArrayFromImage(cut), Geometry.from_sitk(cut))
+                if args.slice_step == 1:  # the file itself, so the seconds include reading it as predict's do
+                    scan = image
+                else:
+                    cut = every_nth_slice(volume, args.slice_step, phase)
+                    scan = (sitk.GetArrayFromImage(cut), Geometry.from_sitk(cut))
                 result = segment(scan, segmenter=segmenter, volume=args.volume, keep_all_parts=args.keep_all_parts)
                 series.append(_score_scan(result, reference, kind))
             seconds = (time.perf_counter() - started) / args.slice_step

@@ -66,8 +66,8 @@ def main() -> None:
     segmenter = Segmenter.from_checkpoint(args.model, device="cpu", quiet=True, presegmenter=presegmenter,
                                           settings=SamplerSettings())
     index = json.loads((args.data / "index.json").read_text(encoding="utf-8"))
-    print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; one-slice scans; midline: "
-          f"{'predict' + chr(39) + 's choice by anatomy' if args.around == 'anatomy' else 'index.json'}")
+    around = "predict's choice by anatomy" if args.around == "anatomy" else "index.json"
+    print(f"{segmenter.model_name}; {platform.processor() or platform.machine()}; one-slice scans; midline: {around}")
     table: dict[tuple[str, int], dict[str, list[float]]] = {}
     slices_scored: list[tuple[float, str, int]] = []
     started = time.perf_counter()

@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from spinesegdiff.data.io import Geometry
+from spinesegdiff.data.preprocess import Reorientation
 
 
 def sagittal_axis(image) -> int:
-    """The SimpleITK index axis of ``image`` (a 3D ``SimpleITK.Image``) that runs most nearly left-right."""
+    """The SimpleITK index axis of ``image`` (a 3D ``SimpleITK.Image``) that runs left-right, as ``predict``'s
+    reorientation to RAS+ reads it from the direction matrix."""
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    return int(np.argmax(np.abs(direction[0])))  # row 0: the x (L-R) component of each index axis
+    return Reorientation.from_direction(direction).native_axis[0]
 
 
 def every_nth_slice(image, step: int, phase: int = 0):
