@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -99,17 +100,25 @@ def _slice(identity: Dataset, plane: np.ndarray, geometry: Geometry, k: int, uid
 
 
 def write_mr_series(folder: Path, array_zyx: np.ndarray, geometry: Geometry, *, patient_id: str = "SPINE-0001",
-                    shuffle_names: bool = True, seed: int = 0) -> DicomSeries:
+                    shuffle_names: bool = True, seed: int = 0, prefix: str = "IM",
+                    attributes: dict[str, Any] | None = None, study_uid: str | None = None) -> DicomSeries:
     """Write ``array_zyx`` (int16 range) as an MR series in ``folder`` (created), one file per slice ``z``.
 
     Slice ``k`` lies at ``origin + k * spacing_z * direction[:, 2]``; its rows run along ITK axis ``y`` and its
     columns along ``x``, so :func:`~spinesegdiff.data.io.read_image` of the folder gives ``array_zyx`` and
     ``geometry`` back (for a right-handed direction, as a scanner's). With ``shuffle_names`` the file names
-    ``IM0001``... are a seeded permutation of the slice order.
+    ``IM0001``... (``prefix`` and a number) are a seeded permutation of the slice order. ``attributes`` replace
+    the series' defaults (a T2 TSE: ``SeriesDescription`` "t2_tse_sag", ``EchoTime`` 96, ``RepetitionTime``
+    3500, ...; ``None`` removes one); several series of one study share ``study_uid``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     uids = {name: generate_uid() for name in ("study", "series", "frame")}
-    identity = _identity(patient_id, uids["study"], uids["series"], uids["frame"])
+    identity = _identity(patient_id, study_uid or uids["study"], uids["series"], uids["frame"])
+    for keyword, value in (attributes or {}).items():
+        if value is None:
+            delattr(identity, keyword)
+        else:
+            setattr(identity, keyword, value)
     count = array_zyx.shape[0]
     order = np.random.default_rng(seed).permutation(count) if shuffle_names else np.arange(count)
     files, sop_uids = [], []
@@ -121,9 +130,10 @@ def write_mr_series(folder: Path, array_zyx: np.ndarray, geometry: Geometry, *, 
         ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        path = folder / f"IM{order[k] + 1:04d}"
+        path = folder / f"{prefix}{order[k] + 1:04d}"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         files.append(path)
         sop_uids.append(uid)
     return DicomSeries(folder=folder, files=tuple(files), sop_instance_uids=tuple(sop_uids), patient_id=patient_id,
-                       study_uid=uids["study"], series_uid=uids["series"], frame_of_reference_uid=uids["frame"])
+                       study_uid=identity.StudyInstanceUID, series_uid=uids["series"],
+                       frame_of_reference_uid=uids["frame"])

@@ -28,7 +28,8 @@ from predict_helpers import FAST, SHAPE, predict, write_scan
 from spinesegdiff import __version__
 from spinesegdiff.cli.options import output_format_help
 from spinesegdiff.data.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_segmentation
-from spinesegdiff.data.io import dicom_series_files, is_dicom_folder, read_image
+from spinesegdiff.data.dicom_series import dicom_series_files, is_dicom_folder
+from spinesegdiff.data.io import read_image
 from spinesegdiff.data.label_table import label_table
 from spinesegdiff.data.phantom import make_phantom
 from spinesegdiff.errors import InputError

@@ -34,7 +34,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              progress=not args.quiet, shard=shard, skip_existing=args.skip_existing,
                              summary=True if args.summary else None, input_list=args.input_list,
                              where=parse_where(args.where), engine=engine_choice(args),
-                             keep_all_parts=args.keep_all_parts, slice_index=args.slice, labels=args.labels)
+                             keep_all_parts=args.keep_all_parts, slice_index=args.slice, labels=args.labels,
+                             series=args.series)
     failures = attempted = 0
     for outcome in outcomes:
         if outcome.note is not None:  # an input left out (a label map, an earlier output), a complete set
@@ -101,6 +102,10 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
     pr.add_argument("--slice", type=_slice_option, metavar="N|centre",
                     help="the sagittal slice to segment (0-based, left to right), or centre; default: the "
                          "mid-sagittal slice chosen by anatomy (widest canal, spinous processes) near the centre")
+    pr.add_argument("--series", metavar="UID|NUMBER|WORDS",
+                    help="for a DICOM folder holding several series (a study export), the one to segment: its "
+                         "SeriesInstanceUID, its SeriesNumber or words of its SeriesDescription; default: a "
+                         "sagittal T2-weighted one (the report's series entry says which was read and why)")
     pr.add_argument("--format", help=output_format_help())
     pr.add_argument("--labels", choices=LABEL_CONVENTIONS, default="spinesegdiff",
                     help="label values: spinesegdiff (1 canal, 2 vertebra, 3 disc) or spider (SPIDER's instance "

@@ -13,7 +13,7 @@ A label map made from a DICOM series is written as one DICOM Segmentation (Modal
   ships them), and the algorithm (name ``SpineSegDiff``, family "Artificial Intelligence", the package version).
 
 Frames: slice ``z`` of the ``(z, y, x)`` label map belongs to file ``z`` of the series in the order
-:func:`spinesegdiff.data.io.read_image` stacks them (:func:`~spinesegdiff.data.io.dicom_series_files`, the one
+:func:`spinesegdiff.data.io.read_image` stacks them (:func:`~spinesegdiff.data.dicom_series.dicom_series_files`, the one
 function both use, so the two never disagree); its ``(y, x)`` plane is the file's ``(Rows, Columns)``. Frames
 without a segmented pixel are left out (the central-slice mode segments one sagittal slice), but a segment with
 no pixel keeps its description. The disc's SNOMED CT code in the label table is not yet checked (docs/FORMATS.md).
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from spinesegdiff import __version__
-from spinesegdiff.data.io import dicom_series_files
+from spinesegdiff.data.dicom_multiframe import frame_count
+from spinesegdiff.data.dicom_series import dicom_series_files
 from spinesegdiff.data.label_table import LabelTable, label_table
 from spinesegdiff.errors import InputError
 from spinesegdiff.files import atomic_write
@@ -71,8 +72,9 @@ class SourceSeries:
     datasets: tuple[Dataset, ...]
 
 
-def read_source_series(folder: str | Path) -> SourceSeries:
-    """The headers of the series :func:`~spinesegdiff.data.io.read_image` reads from ``folder``, in its order.
+def read_source_series(folder: str | Path, wanted_series: str | None = None) -> SourceSeries:
+    """The headers of the series :func:`~spinesegdiff.data.io.read_image` reads from ``folder``, in its order
+    (``wanted_series``: which one, in a folder of several; see :func:`~spinesegdiff.data.dicom_series.choose_series`).
 
     Raises:
         InputError: not a DICOM series folder, a file that cannot be read, or one that lacks what a SEG needs
@@ -85,7 +87,10 @@ def read_source_series(folder: str | Path) -> SourceSeries:
     if not folder.is_dir():
         raise InputError(folder, "is not a DICOM series folder: a DICOM Segmentation references the instances "
                                  "of a DICOM series")
-    files = dicom_series_files(folder)
+    files = dicom_series_files(folder, wanted_series)
+    if frame_count(files[0]):
+        raise InputError(files[0], "is a multi-frame (enhanced) image: --format dicom-seg references the files of a "
+                                   "single-frame series (choose another --format)")
     datasets = []
     for file in files:
         try:
@@ -198,7 +203,8 @@ def dicom_segmentation(labels_zyx: np.ndarray, series: SourceSeries, *, table: L
 
 
 def write_dicom_segmentation(path: str | Path, labels_zyx: np.ndarray, series_folder: str | Path, *,
-                             table: LabelTable | None = None, parameters: Mapping[str, str] | None = None) -> Path:
+                             table: LabelTable | None = None, parameters: Mapping[str, str] | None = None,
+                             wanted_series: str | None = None) -> Path:
     """Write ``labels_zyx`` as a DICOM Segmentation of the series in ``series_folder``, atomically.
 
     Args:
@@ -207,12 +213,14 @@ def write_dicom_segmentation(path: str | Path, labels_zyx: np.ndarray, series_fo
         series_folder: the DICOM series folder the labels were made from.
         table: the label table (default: the shipped one).
         parameters: recorded as the algorithm's parameters (``AlgorithmParameters``: ``key=value,...``).
+        wanted_series: the series the labels were made from, in a folder of several (its UID, as the report
+            gives it).
 
     Raises:
         InputError: not a DICOM series folder, an unreadable or incomplete source file, grids that differ.
         ValueError: labels not 3D or outside the table.
     """
-    series = read_source_series(series_folder)
+    series = read_source_series(series_folder, wanted_series)
     segmentation = dicom_segmentation(labels_zyx, series, table=table, parameters=parameters)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

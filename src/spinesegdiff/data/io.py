@@ -11,13 +11,14 @@ labels derived from DICOM are written as NIfTI, or as a DICOM SEG by :mod:`spine
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from spinesegdiff.data.dicom_multiframe import frame_count, read_multiframe_sitk
+from spinesegdiff.data.dicom_series import read_dicom_series
 from spinesegdiff.errors import InputError, MissingInputError
 from spinesegdiff.files import atomic_write
 
@@ -107,10 +108,17 @@ def image_suffix(path: str | Path) -> str:
     return ""
 
 
+DICOM_FILE_SUFFIXES: tuple[str, ...] = (".dcm", ".ima")
+"""Endings of single DICOM files (matched in any case), dropped from their output stems."""
+
+
 def image_stem(path: str | Path) -> str:
-    """The file name without its image ending: ``scan.nii.gz`` -> ``scan``; a folder keeps its name."""
+    """The file name without its image ending: ``scan.nii.gz`` -> ``scan``, ``IM0001.dcm`` -> ``IM0001``; a folder
+    keeps its name."""
     path = Path(path)
     suffix = image_suffix(path)
+    if not suffix and path.suffix.lower() in DICOM_FILE_SUFFIXES and not path.is_dir():
+        suffix = path.suffix
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
@@ -227,128 +235,11 @@ def check_file_complete(path: str | Path) -> None:
         _check_nifti_size(path)
 
 
-@contextmanager
-def _itk_warnings_off() -> Iterator[None]:
-    """Silence ITK's own stderr warnings (GDCM prints one for every folder without DICOM files)."""
-    import SimpleITK as sitk
-
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-
-
-NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "SR", "PR", "KO"})
-"""DICOM objects that are not images (segmentations, structure sets, reports, presentation states, selections):
-never read as a scan, so a folder holding only these is no DICOM series folder, and a DICOM SEG written beside
-its series (``--format dicom-seg`` with ``-o`` the series folder) changes neither which series is read nor how."""
-
-
-def _dicom_modality(file: str) -> str:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return str(pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
-    except (InvalidDicomError, OSError, ValueError):
-        return ""  # read as a series, it reports what is wrong
-
-
-def _dicom_image_series(folder: Path) -> list[tuple[str, ...]]:
-    """The files of each DICOM image series GDCM finds in ``folder``, each in its slice order; series whose first
-    file is one of :data:`NON_IMAGE_MODALITIES` are left out."""
-    import SimpleITK as sitk
-
-    with _itk_warnings_off():
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        file_lists = [tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids]
-    return [files for files in file_lists if files and _dicom_modality(files[0]) not in NON_IMAGE_MODALITIES]
-
-
-def is_dicom_folder(path: str | Path) -> bool:
-    """True when ``path`` is a folder holding at least one DICOM image series that GDCM recognises."""
-    path = Path(path)
-    return path.is_dir() and bool(_dicom_image_series(path))
-
-
-def dicom_series_files(folder: str | Path) -> tuple[Path, ...]:
-    """The files of the series :func:`read_image` reads from a DICOM folder, in its order: file ``z`` is slice ``z``.
-
-    Several image series in one folder: the one with the most files (the scan, not a localiser); objects that are
-    not images (:data:`NON_IMAGE_MODALITIES`, such as a DICOM SEG) are never taken. GDCM orders the files by
-    position along the slice normal, not by name.
-
-    Raises:
-        InputError: the folder holds no DICOM image series.
-    """
-    folder = Path(folder)
-    file_lists = _dicom_image_series(folder)
-    if not file_lists:
-        raise InputError(folder, "folder holds no DICOM series")
-    return tuple(Path(file) for file in max(file_lists, key=len))
-
-
-def _read_dicom_series(folder: Path):
-    import SimpleITK as sitk
-
-    files = [str(file) for file in dicom_series_files(folder)]
-    _check_dicom_slices(folder, files)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
-
-
-def _dicom_slice_position(file: str) -> float | None:
-    """Position (mm) of a DICOM slice along its normal; ``None`` when the file cannot be read whole."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(file)
-    try:
-        with _itk_warnings_off():
-            plane = reader.Execute()
-        expected = reader.GetSize()[0] * reader.GetSize()[1]
-        orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
-        position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
-    except (RuntimeError, ValueError):
-        return None
-    if sitk.GetArrayViewFromImage(plane).size < expected:
-        return None
-    return float(np.dot(np.cross(orientation[:3], orientation[3:6]), position))
-
-
-def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
-    """Every file of the series must read whole, and the slices must be evenly spaced (none missing).
-
-    Raises:
-        InputError: naming the folder and the broken file(s), or where the spacing jumps.
-    """
-    positions = {file: _dicom_slice_position(file) for file in files}
-    broken = [Path(file).name for file, position in positions.items() if position is None]
-    if broken:
-        raise InputError(folder, f"DICOM series has {len(broken)} unreadable or cut-short file(s): "
-                                 f"{', '.join(broken[:5])}{' ...' if len(broken) > 5 else ''}")
-    if len(files) < 3:
-        return
-    ordered = sorted(positions.items(), key=lambda item: item[1])
-    gaps = np.diff([position for _, position in ordered])
-    step = float(np.median(gaps))
-    uneven = [k for k, gap in enumerate(gaps) if abs(gap - step) > 0.1 * max(step, 1e-3)]
-    if step <= 0 or uneven:
-        k = uneven[0] if uneven else 0
-        series = {Path(file).name for file in files}
-        strays = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in series
-                        and not p.name.startswith("."))
-        unread = f"; files not read as part of it: {', '.join(strays[:5])}" if strays else ""
-        raise InputError(folder, f"DICOM slices are not evenly spaced (a slice missing or duplicated?): "
-                                 f"{gaps[k]:.2f} mm between {Path(ordered[k][0]).name} and "
-                                 f"{Path(ordered[k + 1][0]).name}, {step:.2f} mm elsewhere{unread}")
-
-
-def read_sitk_image(path: str | Path):
+def read_sitk_image(path: str | Path, *, series: str | None = None):
     """Read a file or DICOM series folder into a ``SimpleITK.Image``.
+
+    ``series``: for a DICOM folder holding several series, the one to read (its UID, number or words of its
+    description; default: the preferred one, :func:`~spinesegdiff.data.dicom_series.choose_series`).
 
     Raises:
         MissingInputError: ``path`` does not exist.
@@ -361,23 +252,27 @@ def read_sitk_image(path: str | Path):
         raise MissingInputError(path)
     try:
         if path.is_dir():
-            return _read_dicom_series(path)
-        if not image_suffix(path) and path.suffix.lower() not in (".dcm", ".ima", ""):
+            return read_dicom_series(path, series)
+        if not image_suffix(path) and path.suffix.lower() not in (*DICOM_FILE_SUFFIXES, ""):
             raise InputError(
                 path, f"unsupported file type {path.suffix!r} (expected one of {IMAGE_SUFFIXES})"
             )
         check_file_complete(path)
+        if not image_suffix(path) and frame_count(path):  # an enhanced DICOM image: frames placed by position
+            return read_multiframe_sitk(path)
         return sitk.ReadImage(str(path), imageIO=IMAGE_IOS.get(image_suffix(path), ""))
     except RuntimeError as err:  # SimpleITK reports unreadable files as RuntimeError
         raise InputError(path, "not a readable image file") from err
 
 
-def read_image(path: str | Path, *, expected_dimension: int | None = 3) -> tuple[np.ndarray, Geometry]:
+def read_image(path: str | Path, *, expected_dimension: int | None = 3,
+               series: str | None = None) -> tuple[np.ndarray, Geometry]:
     """Read an image as ``(array, geometry)``.
 
     Args:
         path: an image file (see ``IMAGE_SUFFIXES``) or a DICOM series folder.
         expected_dimension: refuse images of another dimension (``None`` accepts any).
+        series: the series to read from a DICOM folder of several (see :func:`read_sitk_image`).
 
     Returns:
         ``array`` in SimpleITK order (``(z, y, x)`` for 3D) with the file's own dtype, and its geometry.
@@ -387,7 +282,7 @@ def read_image(path: str | Path, *, expected_dimension: int | None = 3) -> tuple
     """
     import SimpleITK as sitk
 
-    image = read_sitk_image(path)
+    image = read_sitk_image(path, series=series)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             path, f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"

@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spinesegdiff.data.io import IMAGE_IOS, Geometry, image_stem, image_suffix, is_dicom_folder
+from spinesegdiff.data.dicom_series import is_dicom_folder
+from spinesegdiff.data.io import IMAGE_IOS, Geometry, image_stem, image_suffix
 from spinesegdiff.errors import InputError, MissingInputError, SpineSegDiffError
 from spinesegdiff.pipelines.settings import NAMED_FORMATS, uncertainty_suffix
 

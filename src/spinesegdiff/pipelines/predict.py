@@ -26,6 +26,7 @@ import numpy as np
 from spinesegdiff.anatomy import LevelReport, scan_levels
 from spinesegdiff.anatomy.measures import CONTRASTS
 from spinesegdiff.data.dicom_seg import DICOM_SEG_SUFFIX, write_dicom_segmentation
+from spinesegdiff.data.dicom_series import SeriesChoice, choose_series
 from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image, write_image
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 from spinesegdiff.data.preprocess import (
@@ -174,13 +175,15 @@ class LoadedScan:
     prepared: PreparedScan
     timings: dict[str, float]
     slice_choice: SliceChoice | None = None
+    series_choice: SeriesChoice | None = None
+    """The series read from a DICOM folder and why (:func:`~spinesegdiff.data.dicom_series.choose_series`)."""
     candidates: PreparedScan | None = None
     """The candidate slices of the mid-sagittal choice (:func:`~spinesegdiff.pipelines.midline.candidate_slices`),
     prepared with the scan when the slice is to be chosen by anatomy (``prepared`` is then the central one)."""
 
 
 def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool = False,
-              slice_index: int | str | None = None) -> LoadedScan:
+              slice_index: int | str | None = None, series: str | None = None) -> LoadedScan:
     """Read and preprocess a scan, refusing what the model cannot segment.
 
     Args:
@@ -189,19 +192,27 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
         slice_index: the sagittal slice to segment (0-based, along the left-right axis of the RAS+ reoriented
             scan; ``"centre"``: the central one) instead of the one :func:`segment_loaded` chooses by anatomy;
             refused with ``volume``.
+        series: for a DICOM folder of several series, the one to read (its UID, number or words of its
+            description) instead of the preferred one (:func:`~spinesegdiff.data.dicom_series.choose_series`:
+            sagittal, T2-weighted); the report's ``series`` says which was read and why. Files ignore it.
 
     Raises:
         MissingInputError, InputError: unreadable, truncated, non-3D, axial/coronal, too small, NaN or constant
-            input, or a central sagittal slice that is blank, mostly empty or noise.
+            input, a central sagittal slice that is blank, mostly empty or noise, or a ``series`` that names
+            none or several of the folder's series.
     """
     image = checked_image(image)  # a path or (array_zyx, Geometry), else TypeError / InputError
     started = time.perf_counter()
+    series_choice = None
     if isinstance(image, tuple):
         array, geometry = image
         source, stem = None, "scan"
     else:
         source = Path(image)
-        array, geometry = read_image(source)
+        if source.is_dir():
+            series_choice = choose_series(source, series)
+            series = series_choice.series.uid or series
+        array, geometry = read_image(source, series=series)
         stem = image_stem(source)
     read_seconds = time.perf_counter() - started
     mark = time.perf_counter()
@@ -220,7 +231,7 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
     check_slice_signal(native_slice(array, prepared.grid, central), central, source)
     timings = {"read_s": read_seconds, "preprocess_s": time.perf_counter() - mark}
     return LoadedScan(source=source, stem=stem, image=array, geometry=geometry, prepared=prepared, timings=timings,
-                      slice_choice=choice, candidates=candidates)
+                      slice_choice=choice, series_choice=series_choice, candidates=candidates)
 
 
 def _only(prepared: PreparedScan, index: int) -> PreparedScan:
@@ -310,6 +321,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
         "device": str(segmenter.device),
         "mode": "volume" if choice is None else "central slice",  # the paper's 2D setting: one sagittal slice
         "slice": None if choice is None else choice.to_dict(),
+        **({"series": scan.series_choice.to_dict()} if scan.series_choice is not None else {}),
         "sampler": segmenter.describe(),
         "model_grid": model_grid,
         "plausibility": "off (--keep-all-parts)" if cleanup is None else cleanup.to_dict(),
@@ -365,6 +377,7 @@ def segment(
     preseg_model: str | Path | None = None,
     keep_all_parts: bool = False,
     slice_index: int | str | None = None,
+    series: str | None = None,
 ) -> ScanSegmentation:
     """Segment one scan: :func:`load_scan`, then :func:`segment_loaded`.
 
@@ -386,13 +399,14 @@ def segment(
         keep_all_parts: keep parts that cannot belong to the spine (see :func:`segment_loaded`).
         slice_index: the sagittal slice to segment, or ``"centre"`` (default: chosen by anatomy, see
             :func:`load_scan` and :mod:`~spinesegdiff.pipelines.midline`).
+        series: the series to read from a DICOM folder of several (see :func:`load_scan`).
 
     Raises:
         MissingInputError, InputError: unreadable, non-3D, axial/coronal, too small, NaN or constant input,
             or a model file that is not ours.
         SpineSegDiffError: a presegmenter model or ``T_pre`` without a presegmenter.
     """
-    scan = load_scan(image, volume=volume, slice_index=slice_index)
+    scan = load_scan(image, volume=volume, slice_index=slice_index, series=series)
     if segmenter is None:
         mark = time.perf_counter()
         presegmenter = resolve_presegmenter(preseg, preseg_model, user_model=model is not None,
@@ -455,6 +469,7 @@ def predict_scans(
     keep_all_parts: bool = False,
     slice_index: int | str | None = None,
     labels: str = "spinesegdiff",
+    series: str | None = None,
 ) -> Iterator[ScanOutcome]:
     """Segment a scan, a DICOM series folder, a folder of scans or the scans of a list, and write each scan's
     outputs to ``output``.
@@ -473,8 +488,9 @@ def predict_scans(
     Args:
         input: scan file, DICOM series folder, or folder of them (``None`` with ``input_list``).
         output: output folder (created).
-        model, device, settings, preseg, preseg_model, volume, quiet, keep_all_parts, slice_index: as for
-            :func:`segment`; ``labels``: ``spinesegdiff`` or ``spider`` (see :func:`write_outputs`).
+        model, device, settings, preseg, preseg_model, volume, quiet, keep_all_parts, slice_index, series: as for
+            :func:`segment` (``series`` applies to each DICOM folder; refused for a single scan file);
+            ``labels``: ``spinesegdiff`` or ``spider`` (see :func:`write_outputs`).
         output_format: one of :data:`OUTPUT_FORMATS` (``nii.gz``, ``mha``, ``nrrd``, ``nii``, ``seg.nrrd``,
             ``dicom-seg``); default the input's own (DICOM: ``nii.gz``).
         progress: a progress bar on stderr when there is more than one scan.
@@ -499,13 +515,15 @@ def predict_scans(
     """
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     check_label_convention(labels, output_suffix(None, output_format) if output_format else None)
+    if series is not None and input is not None and Path(input).is_file():
+        raise InputError(input, "--series chooses among the series of a DICOM folder; this is a scan file")
     inputs, plan = _plan_scans(input, input_list, where, output, output_format, shard)
     table = _checked_summary(output, shard, summary if summary is not None else shard is not None or skip_existing)
     spec = SegmenterSpec(model=model, device=device, settings=settings, quiet=quiet, preseg=preseg,
                          preseg_model=preseg_model)
     work = ScanWork(output=Path(output), volume=volume, output_format=output_format,
                     total=len(inputs.skipped) + len(plan), keep_all_parts=keep_all_parts, slice_index=slice_index,
-                    labels=labels)
+                    labels=labels, series=series)
     run_scans = _scan_runner(spec, work, engine)
     return _predict_each(plan, inputs.skipped, run_scans, progress=progress, skip_existing=skip_existing,
                          summary=table, summarise_left_out=shard is None or shard.index == 1)
@@ -585,6 +603,7 @@ class ScanWork:
     keep_all_parts: bool = False
     slice_index: int | str | None = None
     labels: str = "spinesegdiff"
+    series: str | None = None
 
 
 ScanRunner = Callable[[list[tuple[int, PlannedScan]]], Iterator[ScanOutcome]]
@@ -684,8 +703,8 @@ def read_planned(planned: PlannedScan, index: int, work: ScanWork) -> LoadedScan
     """Read and preprocess one planned scan (:func:`load_scan`): the loaded scan, or its outcome with the
     one-line error when it cannot be read or is refused. Touches no output and no model: safe in a thread."""
     try:
-        return dataclasses.replace(load_scan(planned.scan, volume=work.volume, slice_index=work.slice_index),
-                                   stem=planned.stem)
+        return dataclasses.replace(load_scan(planned.scan, volume=work.volume, slice_index=work.slice_index,
+                                             series=work.series), stem=planned.stem)
     except SpineSegDiffError as err:
         return ScanOutcome(planned.scan, index, work.total, error=str(err))
 
@@ -810,7 +829,8 @@ def _write_labels(path: Path, result: ScanSegmentation, suffix: str, codes: np.n
             raise InputError(None, "--format dicom-seg needs a DICOM series folder as input: an array has no "
                                    "DICOM instances for the Segmentation to reference")
         algorithm = {key: str(result.settings[key]) for key in ("model", "mode") if key in result.settings}
-        write_dicom_segmentation(path, result.labels, result.source, parameters=algorithm)
+        write_dicom_segmentation(path, result.labels, result.source, parameters=algorithm,
+                                 wanted_series=(result.settings.get("series") or {}).get("uid") or None)
     elif suffix == SEGMENTATION_SUFFIX:
         write_slicer_segmentation(path, result.labels, result.geometry)
     else:

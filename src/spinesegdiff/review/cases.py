@@ -59,6 +59,8 @@ class CaseRecord:
             ``boundary_entropy`` and a ``[low, high]`` range per measure).
         levels: how the levels were named (``named_from``, ``doubtful``, ``reason``, ...), when the report says.
         citation: the report's data citation, if any.
+        series: the ``SeriesInstanceUID`` of the series segmented, for a DICOM folder holding several (the
+            report's ``series.uid``), so that the page draws that series under its labels.
     """
 
     case: str
@@ -80,6 +82,7 @@ class CaseRecord:
     vertebrae: tuple[dict[str, Any], ...] = ()
     levels: dict[str, Any] = field(default_factory=dict)
     citation: str | None = None
+    series: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -230,7 +233,14 @@ def read_report(report: Path, folder: Path) -> CaseRecord:
         reasons=reasons, measures=_scalars(quality.get("measures")), flags=tuple(flags),
         discs=_levels(data.get("discs")), vertebrae=_levels(data.get("vertebrae")),
         levels=_scalars(data.get("levels")),
-        citation=data["citation"][:300] if isinstance(data.get("citation"), str) else None)
+        citation=data["citation"][:300] if isinstance(data.get("citation"), str) else None,
+        series=_series_uid(data.get("series")))
+
+
+def _series_uid(entry: Any) -> str | None:
+    """The report's ``series.uid`` when it is a DICOM UID (digits and dots), else ``None``."""
+    uid = entry.get("uid") if isinstance(entry, dict) else None
+    return uid if isinstance(uid, str) and 0 < len(uid) <= 64 and re.fullmatch(r"[0-9.]+", uid) else None
 
 
 def _failed_rows(folder: Path) -> list[dict[str, str]]:

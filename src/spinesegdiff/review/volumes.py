@@ -128,7 +128,7 @@ def read_case_volumes(case: CaseRecord) -> CaseVolumes:
     image, flags = None, []
     if case.image is not None:
         try:
-            scan, _ = read_image(case.image)
+            scan, _ = read_image(case.image, series=case.series)
         except SpineSegDiffError as err:
             flags.append(f"image unreadable ({err.problem})")
         else:
