@@ -65,6 +65,19 @@ def test_an_enhanced_file_reads_as_its_classic_series(classic, tmp_path, order):
         assert read_geometry.allclose(geometry, atol=1e-4)
 
 
+def test_pixels_pydicom_cannot_decode_are_decoded_by_gdcm_in_file_order(classic, tmp_path, monkeypatch):
+    """A compressed syntax without a pydicom decoder (JPEG 2000, JPEG-LS need plugins) falls back on GDCM."""
+    series, (expected, _) = classic
+    path = _save(_enhanced(series, [2, 0, 1]), tmp_path / "enhanced.dcm")
+
+    def no_decoder(self):
+        raise RuntimeError("no pixel data handler for this transfer syntax")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    array, _ = read_image(path)
+    np.testing.assert_array_equal(array, expected)
+
+
 def test_an_enhanced_series_is_described_from_its_functional_groups(classic, tmp_path):
     series, _ = classic
     path = _save(_enhanced(series), tmp_path / "study" / "enhanced.dcm")
