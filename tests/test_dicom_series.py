@@ -172,3 +172,82 @@ def test_predict_refuses_a_series_that_is_not_there_or_a_file_in_one_line(tiny_m
     assert result.stderr.strip() == (f"spinesegdiff: error: {scan}: --series chooses among the series of a DICOM "
                                      "folder; this is a scan file")
     assert not (tmp_path / "file").exists()
+
+
+def _export(root) -> dict[str, dict[str, DicomSeries]]:
+    """A PACS export of two studies, one folder per series (``DICOM/ST1/SE3/...``), a DICOMDIR-like file at the
+    root: each study has a localiser, a sagittal T1 and a sagittal T2, the first also an axial T2."""
+    sagittal, geometry = _phantom_volume()
+    (root / "DICOMDIR").parent.mkdir(parents=True)
+    (root / "DICOMDIR").write_bytes(b"\0" * 132 + b"DICM")  # not an image: left alone
+    studies = {}
+    for study, patient in (("ST1", "P1"), ("ST2", "P2")):
+        uid = pydicom.uid.generate_uid()
+        kinds = {"SE1": (sagittal // 4, geometry, LOCALISER), "SE2": (sagittal // 2, geometry, T1),
+                 "SE3": (sagittal, geometry, T2)}
+        if study == "ST1":
+            kinds["SE5"] = (np.full((8, 64, 64), 300, np.int16), AXIAL, AXIAL_T2)
+        studies[study] = {name: write_mr_series(root / "DICOM" / study / name, array, grid, attributes=attributes,
+                                                study_uid=uid, patient_id=patient)
+                          for name, (array, grid, attributes) in kinds.items()}
+    return studies
+
+
+def test_an_export_of_studies_gives_each_studys_sagittal_t2(tmp_path):
+    from spinesegdiff.pipelines.inputs import plan_outputs, scan_inputs
+
+    studies = _export(tmp_path / "usb")
+    found = scan_inputs(tmp_path / "usb")
+    assert found.scans == (studies["ST1"]["SE3"].folder, studies["ST2"]["SE3"].folder)
+    notes = [str(s) for s in found.skipped]
+    assert len(notes) == 5 and not any(s.error for s in found.skipped)
+    assert notes[0] == (f"{studies['ST1']['SE2'].folder}: skipped: series 2 't1_tse_sag' (sagittal, T1, 3 files); "
+                        "of its study, SE3's series 3 't2_tse_sag' (sagittal, T2, 3 files) is segmented (--series "
+                        "names another)")
+    plan = plan_outputs(found, tmp_path / "out", suffix_of=lambda scan: ".nii.gz")
+    assert [p.stem for p in plan] == ["ST1_SE3_dicom", "ST2_SE3_dicom"]  # one folder name each is not enough
+    chosen = scan_inputs(tmp_path / "usb", series="t1")
+    assert chosen.scans == (studies["ST1"]["SE2"].folder, studies["ST2"]["SE2"].folder)
+    missing = scan_inputs(tmp_path / "usb", series="5")  # only the first study has a series 5
+    assert missing.scans == (studies["ST1"]["SE5"].folder,)
+    [error] = [s for s in missing.skipped if s.error]
+    assert str(error).startswith(f"{studies['ST2']['SE1'].folder}: a study of 3 series: --series '5' matches no "
+                                 "series")
+
+
+@pytest.mark.usefixtures("spine_judgement_off")
+def test_predict_on_an_export_segments_one_series_per_study(tiny_model, tmp_path):
+    _export(tmp_path / "usb")
+    result = predict("-i", str(tmp_path / "usb"), "-o", str(tmp_path / "out"), "--model", str(tiny_model),
+                     "--preseg", "none", *FAST)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == ["ST1_SE3_dicom.json", "ST2_SE3_dicom.json"]
+    assert result.stderr.count("skipped: series") == 5
+    report = json.loads((tmp_path / "out" / "ST2_SE3_dicom.json").read_text(encoding="utf-8"))
+    assert report["series"]["description"] == "t2_tse_sag"
+
+
+def test_stems_take_as_many_folders_as_make_them_differ(tmp_path):
+    from spinesegdiff.pipelines.inputs import ScanInputs, plan_outputs
+
+    scans = tuple(tmp_path / patient / "ST1" / "SE3" for patient in ("PAT1", "PAT2"))
+    for scan in scans:
+        scan.mkdir(parents=True)
+    plan = plan_outputs(ScanInputs(scans=scans, skipped=(), protected={}), tmp_path / "out",
+                        suffix_of=lambda scan: ".nii.gz")
+    assert [p.stem for p in plan] == ["PAT1_ST1_SE3_dicom", "PAT2_ST1_SE3_dicom"]
+
+
+def test_series_subfolders_of_one_study_give_one_scan_of_several_studies_each(tmp_path):
+    from predict_helpers import write_scan
+    from spinesegdiff.pipelines.inputs import scan_inputs
+
+    volume, geometry = _phantom_volume()
+    uid = pydicom.uid.generate_uid()
+    t1 = write_mr_series(tmp_path / "in" / "p1_t1", volume // 2, geometry, attributes=T1, study_uid=uid)
+    t2 = write_mr_series(tmp_path / "in" / "p1_t2", volume, geometry, attributes=T2, study_uid=uid)
+    other = write_mr_series(tmp_path / "in" / "p2", volume, geometry, attributes=T1, patient_id="P2")
+    scan = write_scan(tmp_path / "in" / "p3.mha")
+    found = scan_inputs(tmp_path / "in")
+    assert found.scans == (t2.folder, other.folder, scan)  # name order: p1_t2, p2, p3.mha
+    assert [s.path for s in found.skipped] == [t1.folder]

@@ -19,6 +19,7 @@ sets, reports) are never series to read.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ its series (``--format dicom-seg`` with ``-o`` the series folder) changes neithe
 WEIGHTINGS: tuple[str, ...] = ("T2", "T2 fat-suppressed", "STIR", "unknown", "PD", "T1")
 """Weightings in order of preference: the models' training contrast first, the one they know least last."""
 
-_HEADER_TAGS = ["Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ImageType",
+_HEADER_TAGS = ["Modality", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "ImageType",
                 "ImageOrientationPatient", "EchoTime", "RepetitionTime", "InversionTime", "ScanOptions",
                 "SharedFunctionalGroupsSequence"]
 _ENHANCED_FALLBACKS = {  # where an enhanced MR image keeps what a classic file has at the top level
@@ -84,6 +85,7 @@ class SeriesInfo:
         weighting: one of :data:`WEIGHTINGS`.
         localiser: a localiser or scout series.
         timing_ms: ``{"echo": TE, "repetition": TR, "inversion": TI}`` in ms, the ones the header holds.
+        study_uid: ``StudyInstanceUID`` (``""`` when absent).
     """
 
     uid: str
@@ -94,6 +96,7 @@ class SeriesInfo:
     weighting: str
     localiser: bool
     timing_ms: dict[str, float]
+    study_uid: str = ""
 
     def label(self) -> str:
         """One line for messages: ``series 3 't2_tse_sag' (sagittal, T2, 15 files)``."""
@@ -216,7 +219,7 @@ def _describe(files: tuple[str, ...]) -> SeriesInfo | None:
                       plane=_plane(get("ImageOrientationPatient")),
                       weighting=weighting(timing, description, options),
                       localiser=bool(image_type & {"LOCALIZER", "SCOUT"}) or bool(_LOCALISER_WORDS.search(description)),
-                      timing_ms=timing)
+                      timing_ms=timing, study_uid=str(get("StudyInstanceUID", "") or ""))
 
 
 def image_series(folder: str | Path) -> list[SeriesInfo]:
@@ -265,15 +268,26 @@ def choose_series(folder: str | Path, wanted: str | None = None) -> SeriesChoice
     series = image_series(folder)
     if not series:
         raise InputError(folder, "folder holds no DICOM series")
+    return choose_among(series, wanted, folder)
+
+
+def choose_among(series: Sequence[SeriesInfo], wanted: str | None, where: Path) -> SeriesChoice:
+    """:func:`choose_series` among given series (of one folder, or of one study's folders); ``where`` is the path
+    an error names.
+
+    Raises:
+        InputError: ``wanted`` names none or several of ``series`` (the message lists them).
+    """
+    series = list(series)
     listing = "; ".join(s.label() for s in sorted(series, key=_preference))
     if wanted is not None:
         if not wanted.strip():
-            raise InputError(folder, "--series is empty: give a SeriesInstanceUID, a SeriesNumber or words of a "
-                                     "SeriesDescription")
+            raise InputError(where, "--series is empty: give a SeriesInstanceUID, a SeriesNumber or words of a "
+                                    "SeriesDescription")
         matches = _matching(series, wanted)
         if len(matches) != 1:
             found = "no series" if not matches else f"{len(matches)} series"
-            raise InputError(folder, f"--series {wanted!r} matches {found}; the folder holds: {listing}")
+            raise InputError(where, f"--series {wanted!r} matches {found}; the folder holds: {listing}")
         chosen, chosen_by, reason = matches[0], "user", f"--series {wanted}"
     else:
         chosen = min(series, key=_preference)
@@ -290,6 +304,33 @@ def _reason(chosen: SeriesInfo, count: int) -> str:
            and chosen.plane == "sagittal" and chosen.weighting == "T2" else
            "no sagittal T2-weighted series without fat suppression is there; the models were trained on one")
     return f"{kind}, preferred among {count} image series: {why} (--series chooses another)"
+
+
+MAX_STUDY_DEPTH = 8
+"""How many folder levels below a study export's root are searched for DICOM series."""
+
+
+def series_in_tree(root: str | Path) -> list[list[SeriesInfo]]:
+    """The DICOM image series in the folders below ``root`` (not ``root`` itself; at most :data:`MAX_STUDY_DEPTH`
+    levels down; hidden folders left out), grouped by study (``StudyInstanceUID``; a series without one is its
+    own study), studies and their series in path order: a PACS or CD export (``DICOM/ST000/SE003/IM0001``)."""
+    root = Path(root)
+    found: list[SeriesInfo] = []
+    for folder, subfolders, _ in os.walk(root):
+        depth = len(Path(folder).relative_to(root).parts)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")) \
+            if depth < MAX_STUDY_DEPTH else []
+        if depth > 0:
+            found += image_series(folder)
+    return by_study(found)
+
+
+def by_study(series: Sequence[SeriesInfo]) -> list[list[SeriesInfo]]:
+    """``series`` grouped by ``StudyInstanceUID`` (a series without one is its own study), in their order."""
+    studies: dict[str, list[SeriesInfo]] = {}
+    for info in series:
+        studies.setdefault(info.study_uid or f"{info.files[0].parent}/{info.uid}", []).append(info)
+    return list(studies.values())
 
 
 def dicom_series_files(folder: str | Path, wanted: str | None = None) -> tuple[Path, ...]:

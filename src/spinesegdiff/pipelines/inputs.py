@@ -4,6 +4,9 @@
 
 - a folder's image files (endings matched in any case: ``A.MHA`` is a ``.mha``) and DICOM series folders are
   the candidates; hidden files are left alone;
+- of the DICOM series in a folder's subfolders (or, in a folder holding no scan, further down: a PACS or CD
+  export), one per study is segmented, the one ``predict`` would read from a folder holding them all (sagittal
+  T2 by default, or the one ``--series`` names); each other series is left out with a note naming the one taken;
 - a file an earlier run wrote (named under ``"outputs"`` in the ``<stem>.json`` report beside it) is skipped
   with a note, so running ``predict -i DIR -o DIR`` twice does not segment its own label maps;
 - a label map (an integer image whose sampled voxels take 2 to :data:`MAX_LABEL_VALUES` distinct non-negative
@@ -37,7 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spinesegdiff.data.dicom_series import is_dicom_folder
+from spinesegdiff.data.dicom_series import (
+    SeriesInfo,
+    by_study,
+    choose_among,
+    image_series,
+    is_dicom_folder,
+    series_in_tree,
+)
 from spinesegdiff.data.io import IMAGE_IOS, Geometry, image_stem, image_suffix
 from spinesegdiff.errors import InputError, MissingInputError, SpineSegDiffError
 from spinesegdiff.pipelines.settings import NAMED_FORMATS, uncertainty_suffix
@@ -190,8 +200,10 @@ def _protect(protected: dict[Path, Path], path: Path) -> None:
             pass  # a folder that cannot be listed cannot be written into either
 
 
-def scan_inputs(path: str | Path) -> ScanInputs:
-    """One scan (file or DICOM folder), or the scans in a folder (image files and DICOM subfolders).
+def scan_inputs(path: str | Path, *, series: str | None = None) -> ScanInputs:
+    """One scan (file or DICOM folder), or the scans in a folder (image files and DICOM subfolders), or, for a
+    folder holding neither, one series per study of the DICOM export below it (:func:`_study_inputs`; ``series``
+    names the series to take of each study, as ``--series`` does).
 
     Raises:
         MissingInputError: ``path`` does not exist.
@@ -213,10 +225,10 @@ def scan_inputs(path: str | Path) -> ScanInputs:
             raise InputError(path, f"is {_label_note(values)}: name the scan it labels")
         _protect(protected, path)
         return ScanInputs(scans=(path,), skipped=(), protected=protected)
-    return _scan_folder(path)
+    return _scan_folder(path, series)
 
 
-def _scan_folder(folder: Path) -> ScanInputs:
+def _scan_folder(folder: Path, series: str | None = None) -> ScanInputs:
     try:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as err:
@@ -225,6 +237,7 @@ def _scan_folder(folder: Path) -> ScanInputs:
     scans: list[Path] = []
     skipped: list[Skipped] = []
     protected: dict[Path, Path] = {}
+    dicom: list[SeriesInfo] = []
     for entry in entries:
         if entry.name in ours:
             if _output_ending(entry.name):
@@ -240,13 +253,47 @@ def _scan_folder(folder: Path) -> ScanInputs:
                 scans.append(entry)
             else:
                 skipped.append(Skipped(entry, f"skipped: {_label_note(values)}"))
-        elif entry.is_dir() and is_dicom_folder(entry):
-            scans.append(entry)
-    if not scans and not any(s.error for s in skipped):
-        left_out = f" ({len(skipped)} skipped: label maps or outputs of spinesegdiff)" if skipped else ""
-        raise InputError(folder, "folder holds no scans (.mha, .nii, .nii.gz, .nrrd files or DICOM series)"
-                                 + left_out)
+        elif entry.is_dir():
+            dicom += image_series(entry)  # a DICOM series folder's series (none for any other folder)
+    studies = by_study(dicom)
+    if not scans and not studies and not any(s.error for s in skipped):
+        studies = series_in_tree(folder)  # an export: the series lie further down
+        if not studies:
+            left_out = f" ({len(skipped)} skipped: label maps or outputs of spinesegdiff)" if skipped else ""
+            raise InputError(folder, "folder holds no scans (.mha, .nii, .nii.gz, .nrrd files or DICOM series)"
+                                     + left_out)
+    if studies:
+        chosen = _study_inputs(studies, series, protected)
+        scans, skipped = sorted([*scans, *chosen.scans]), [*skipped, *chosen.skipped]
     return ScanInputs(scans=tuple(scans), skipped=tuple(skipped), protected=protected)
+
+
+def _study_inputs(studies: list[list[SeriesInfo]], wanted: str | None, protected: dict[Path, Path]) -> ScanInputs:
+    """The DICOM series folders' scans (subfolders of the input, or further down in an export): of each study,
+    the folder of the series ``predict`` would take from one folder holding them all
+    (:func:`~spinesegdiff.data.dicom_series.choose_series`: sagittal T2 by default, or the one ``wanted`` names);
+    each of its other series is left out with a note saying which was taken, and a study without the ``wanted``
+    series is an error for that study."""
+    scans: list[Path] = []
+    skipped: list[Skipped] = []
+    for study in studies:
+        first = study[0].files[0].parent
+        try:
+            choice = choose_among(study, wanted, first)
+        except InputError as err:
+            skipped.append(Skipped(first, f"a study of {len(study)} series: {err.problem}", error=True))
+            continue
+        chosen = choice.series.files[0].parent
+        scans.append(chosen)
+        for other in choice.others:
+            folder = other.files[0].parent
+            if folder != chosen:
+                skipped.append(Skipped(folder, f"skipped: {other.label()}; of its study, {chosen.name}'s "
+                                               f"{choice.series.label()} is segmented (--series names another)"))
+    for study in studies:
+        for info in study:
+            _protect(protected, info.files[0].parent)
+    return ScanInputs(scans=tuple(dict.fromkeys(scans)), skipped=tuple(skipped), protected=protected)
 
 
 def scan_list_inputs(list_file: str | Path, *, where: dict[str, str] | None = None) -> ScanInputs:
@@ -301,7 +348,8 @@ def _listed_problem(path: Path) -> str | None:
 
 def _distinct_stems(scans: tuple[Path, ...]) -> dict[Path, str]:
     """Each scan's output stem: its own; with its ending (``a_mha``, ``a_nii_gz``) when another shares it; and
-    with its folder's name in front (``p01_t2_mha``) when scans of several folders (an input list) still share it."""
+    with its folder's name in front (``p01_t2_mha``) when scans of several folders (an input list, a DICOM export)
+    still share it, and as many folders above as make them differ (``ST1_SE3``, ``ST2_SE3``)."""
     by_stem: dict[str, list[Path]] = {}
     for scan in scans:
         by_stem.setdefault(image_stem(scan), []).append(scan)
@@ -311,10 +359,22 @@ def _distinct_stems(scans: tuple[Path, ...]) -> dict[Path, str]:
             ending = image_suffix(scan).lstrip(".").replace(".", "_") if scan.is_file() else "dicom"
             stems[scan] = stem if len(group) == 1 else f"{stem}_{ending or 'file'}"
         named = [stems[scan] for scan in group]
-        for scan in group:
-            if named.count(stems[scan]) > 1:
-                stems[scan] = f"{scan.absolute().parent.name or 'root'}_{stems[scan]}"
+        clashing = [scan for scan in group if named.count(stems[scan]) > 1]
+        deepest = max((len(scan.absolute().parent.parts) for scan in clashing), default=0)
+        prefixed: dict[Path, str] = {}
+        for depth in range(1, deepest + 1):  # more of the folders in front until the stems differ
+            prefixed = {scan: _with_folders(scan, stems[scan], depth) for scan in clashing}
+            if len(set(prefixed.values())) == len(clashing):
+                break
+        stems.update(prefixed)
     return stems
+
+
+def _with_folders(scan: Path, stem: str, depth: int) -> str:
+    """``stem`` with the names of the ``depth`` folders above ``scan`` in front (``ST1_SE3_stem``; the file
+    system's root is ``root``)."""
+    folders = [part for part in scan.absolute().parent.parts[-depth:] if part != scan.absolute().anchor]
+    return "_".join([*(folders or ["root"]), stem])
 
 
 def plan_outputs(inputs: ScanInputs, output: str | Path, *, suffix_of: Callable[[Path], str],

@@ -517,7 +517,7 @@ def predict_scans(
     check_label_convention(labels, output_suffix(None, output_format) if output_format else None)
     if series is not None and input is not None and Path(input).is_file():
         raise InputError(input, "--series chooses among the series of a DICOM folder; this is a scan file")
-    inputs, plan = _plan_scans(input, input_list, where, output, output_format, shard)
+    inputs, plan = _plan_scans(input, input_list, where, output, output_format, shard, series)
     table = _checked_summary(output, shard, summary if summary is not None else shard is not None or skip_existing)
     spec = SegmenterSpec(model=model, device=device, settings=settings, quiet=quiet, preseg=preseg,
                          preseg_model=preseg_model)
@@ -550,7 +550,7 @@ def _scan_runner(spec: SegmenterSpec, work: ScanWork, engine: RayEngine | None) 
 
 
 def _plan_scans(input: str | Path | None, input_list: str | Path | None, where: dict[str, str] | None,
-                output: str | Path, output_format: str | None, shard: Shard | None,
+                output: str | Path, output_format: str | None, shard: Shard | None, series: str | None = None,
                 ) -> tuple[ScanInputs, tuple[PlannedScan, ...]]:
     """The inputs found and the scans of this run (shard) with their outputs, all checked before any work."""
     output_suffix(None, output_format)  # refuse a bad format before any work
@@ -560,7 +560,7 @@ def _plan_scans(input: str | Path | None, input_list: str | Path | None, where: 
         raise SpineSegDiffError("--where filters the rows of an --input-list CSV: give one")
     check_output_folder(output)
     recover_staging(output)  # a set a killed run left without its JSON is finished before the inputs are read
-    inputs = scan_inputs(input) if input_list is None else scan_list_inputs(input_list, where=where)
+    inputs = scan_inputs(input, series=series) if input_list is None else scan_list_inputs(input_list, where=where)
     plan = plan_outputs(inputs, output, suffix_of=lambda scan: output_suffix(scan, output_format))
     return inputs, select_shard(plan, shard)
 
