@@ -339,6 +339,21 @@ def soft_labels_to_model(view: np.ndarray, grid: SagittalGrid, *, num_classes: i
     )
 
 
+def field_of_view_mask(grid: SagittalGrid) -> np.ndarray:
+    """``(H, W)`` bool on the model grid: the pixels :func:`restore_probabilities` reads for some native pixel of
+    the slice (those inside its field of view, and the neighbours its edge pixels interpolate with).
+
+    The rest of the canvas is padding around a scan smaller than it: nothing a network draws there is in the
+    scan, and the restored result never shows it.
+    """
+    def inside(axis: AxisResampling) -> np.ndarray:
+        first, last = (np.array([0.0, axis.native_size - 1.0]) - axis.offset) / axis.scale  # model coordinates
+        pixels = np.arange(axis.model_size)
+        return (pixels >= np.floor(first)) & (pixels <= np.floor(last) + 1)
+
+    return inside(grid.rows)[:, None] & inside(grid.cols)[None, :]
+
+
 def restore_labels(labels: np.ndarray, grid: SagittalGrid) -> np.ndarray:
     """``(H, W)`` model-grid class map -> native ``(S, A)`` slice (nearest neighbour)."""
     return _resample(np.asarray(labels, dtype=np.uint8), grid, order=0, forward=False)

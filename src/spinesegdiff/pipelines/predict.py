@@ -31,6 +31,7 @@ from spinesegdiff.data.io import Geometry, image_stem, image_suffix, read_image,
 from spinesegdiff.data.labels import STRUCTURE_ABBREVIATIONS, STRUCTURE_NAMES
 from spinesegdiff.data.preprocess import (
     PreparedScan,
+    field_of_view_mask,
     native_slice,
     plan_grid,
     prepare_scan,
@@ -71,6 +72,7 @@ from spinesegdiff.pipelines.presegmenters import resolve_presegmenter
 from spinesegdiff.pipelines.publish import staged_outputs, strict_json
 from spinesegdiff.pipelines.quality_score import quality_score
 from spinesegdiff.pipelines.read_ahead import read_ahead
+from spinesegdiff.pipelines.results import cleared_outside
 from spinesegdiff.pipelines.segmenter import Segmenter, SliceSegmentation
 from spinesegdiff.pipelines.settings import (
     INSTANCE_FREE_FORMATS,
@@ -283,6 +285,7 @@ def segment_loaded(scan: LoadedScan, segmenter: Segmenter, *, keep_all_parts: bo
         timings["midline_s"] = time.perf_counter() - mark
     mark = time.perf_counter()
     result = _sample_slices(scan.prepared.images, segmenter, progress)
+    result = cleared_outside(result, field_of_view_mask(scan.prepared.grid))  # padding is not the scan
     timings["sample_s"] = time.perf_counter() - mark
     timings["sample_s_per_slice"] = timings["sample_s"] / len(scan.prepared.images)  # not summed: no "_s" ending
     cleanup = None
@@ -360,6 +363,7 @@ def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice
         others = presegment_canvas(presegmenter, np.delete(prepared.images, centre, axis=0),
                                    region=spine_region_of_labels(central))
         labels = np.insert(others.argmax(axis=1), centre, central[0], axis=0)
+    labels[:, ~field_of_view_mask(prepared.grid)] = 0  # what the presegmenter draws in the padding is not there
     choice = choose_slice(prepared.indices, labels, grid.central_index)
     return dataclasses.replace(scan, prepared=_only(prepared, choice.index), slice_choice=choice), choice
 

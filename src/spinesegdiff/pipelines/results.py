@@ -52,3 +52,17 @@ def concatenate_segmentations(parts: Sequence[SliceSegmentation]) -> SliceSegmen
         raise ValueError("concatenate_segmentations needs at least one part")
     arrays = {name: np.concatenate([getattr(part, name) for part in parts]) for name in ARRAY_FIELDS}
     return SliceSegmentation(**arrays, network_calls=sum(part.network_calls for part in parts))
+
+
+def cleared_outside(segmentation: SliceSegmentation, inside: np.ndarray) -> SliceSegmentation:
+    """``segmentation`` with every pixel outside ``inside`` (``(H, W)`` bool, such as the scan's field of view on
+    the model grid) set to certain background: class probabilities ``(1, 0, 0, 0)``, labels, fused probabilities,
+    uncertainties and variance 0. A copy; ``inside`` everywhere gives the same arrays."""
+    outside = ~np.asarray(inside, dtype=bool)
+    if not outside.any():
+        return segmentation
+    arrays = {name: getattr(segmentation, name).copy() for name in ARRAY_FIELDS}
+    for array in arrays.values():
+        array[..., outside] = 0
+    arrays["class_probabilities"][:, 0][..., outside] = 1.0
+    return SliceSegmentation(**arrays, network_calls=segmentation.network_calls)
