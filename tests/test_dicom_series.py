@@ -43,6 +43,8 @@ LOCALISER = {"SeriesNumber": 1, "SeriesDescription": "localizer", "ImageType": [
     ({}, "SAG STIR", (), "STIR"),
     ({}, "pd_tse_sag", (), "PD"),
     ({}, "sag t2 spair", (), "T2 fat-suppressed"),
+    ({}, "sT2W_TSE", (), "T2"),
+    ({}, "SagT1 FSE", (), "T1"),
     ({}, "T12-L1 level", (), "unknown"),  # T12 is no T1
     ({}, "", (), "unknown"),
 ])

@@ -54,8 +54,8 @@ _ENHANCED_FALLBACKS = {  # where an enhanced MR image keeps what a classic file 
 _LOCALISER_WORDS = re.compile(r"locali[sz]er|scout|survey|3[- ]?plane|tri[- ]?pilot", re.IGNORECASE)
 _FAT_SUPPRESSION_WORDS = re.compile(r"(?<![a-z])(fs|fat[ _-]?sat|spair|spir|dixon)(?![a-z])", re.IGNORECASE)
 _DESCRIPTION_WEIGHTINGS = (("STIR", re.compile(r"stir|tirm", re.IGNORECASE)),
-                           ("T2", re.compile(r"(?<![a-z0-9])t2(?![0-9])", re.IGNORECASE)),
-                           ("T1", re.compile(r"(?<![a-z0-9])t1(?![0-9])", re.IGNORECASE)),
+                           ("T2", re.compile(r"(?<![0-9])t2(?![0-9])", re.IGNORECASE)),  # sT2W_TSE, SagT2
+                           ("T1", re.compile(r"(?<![0-9])t1(?![0-9])", re.IGNORECASE)),  # SagT1; not T12
                            ("PD", re.compile(r"(?<![a-z0-9])pd(?![a-z0-9])|proton", re.IGNORECASE)))
 
 
