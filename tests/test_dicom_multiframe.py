@@ -66,9 +66,11 @@ def test_an_enhanced_file_reads_as_its_classic_series(classic, tmp_path, order):
 
 
 def test_pixels_pydicom_cannot_decode_are_decoded_by_gdcm_in_file_order(classic, tmp_path, monkeypatch):
-    """A compressed syntax without a pydicom decoder (JPEG 2000, JPEG-LS need plugins) falls back on GDCM."""
+    """A compressed syntax without a pydicom decoder (JPEG 2000, JPEG-LS need plugins) falls back on GDCM, which
+    rescales by itself: the rescale is applied once."""
     series, (expected, _) = classic
     path = _save(_enhanced(series, [2, 0, 1]), tmp_path / "enhanced.dcm")
+    rescaled = _save(_with_rescale(_enhanced(series, [2, 0, 1])), tmp_path / "rescaled.dcm")
 
     def no_decoder(self):
         raise RuntimeError("no pixel data handler for this transfer syntax")
@@ -76,6 +78,8 @@ def test_pixels_pydicom_cannot_decode_are_decoded_by_gdcm_in_file_order(classic,
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
     array, _ = read_image(path)
     np.testing.assert_array_equal(array, expected)
+    array, _ = read_image(rescaled)
+    np.testing.assert_allclose(array, expected * 2.0 - 100.0)
 
 
 def test_an_enhanced_series_is_described_from_its_functional_groups(classic, tmp_path):
@@ -85,13 +89,17 @@ def test_an_enhanced_series_is_described_from_its_functional_groups(classic, tmp
     assert (chosen.plane, chosen.weighting, chosen.timing_ms["echo"]) == ("sagittal", "T2", 96.0)
 
 
-def test_the_rescale_of_each_frame_is_applied(classic, tmp_path):
-    series, (expected, _) = classic
-    image = _enhanced(series)
+def _with_rescale(image: Dataset) -> Dataset:
+    """``image`` with a shared rescale: slope 2, intercept -100."""
     transform = Dataset()
     transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = "2", "-100", "US"
     image.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence = [transform]
-    array, _ = read_image(_save(image, tmp_path / "rescaled.dcm"))
+    return image
+
+
+def test_the_rescale_of_each_frame_is_applied(classic, tmp_path):
+    series, (expected, _) = classic
+    array, _ = read_image(_save(_with_rescale(_enhanced(series)), tmp_path / "rescaled.dcm"))
     assert array.dtype == np.float32
     np.testing.assert_allclose(array, expected * 2.0 - 100.0)
 

@@ -96,20 +96,22 @@ def _slice_thickness(dataset: Any) -> float:
     return 1.0
 
 
-def _pixels(dataset: Any, path: Path) -> np.ndarray:
-    """The stored frames ``(frames, rows, columns)``: pydicom's decoders, else GDCM's (compressed syntaxes)."""
+def _pixels(dataset: Any, path: Path) -> tuple[np.ndarray, bool]:
+    """The frames ``(frames, rows, columns)`` in file order, and whether they are rescaled already: pydicom's
+    stored values, else GDCM's decoding (compressed syntaxes pydicom has no decoder for), which applies the
+    rescale itself."""
     try:
-        pixels = dataset.pixel_array
+        pixels, rescaled = dataset.pixel_array, False
     except (RuntimeError, NotImplementedError, ValueError):  # no pydicom decoder for it: GDCM may have one
         import SimpleITK as sitk
 
         try:
-            pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            pixels, rescaled = sitk.GetArrayFromImage(sitk.ReadImage(str(path))), True
         except RuntimeError as err:
             raise InputError(path, "the multi-frame image's pixel data cannot be decoded "
                                    f"(transfer syntax {dataset.file_meta.get('TransferSyntaxUID', '?')})") from err
     pixels = np.asarray(pixels)
-    return pixels.reshape(1, *pixels.shape) if pixels.ndim == 2 else pixels
+    return (pixels.reshape(1, *pixels.shape) if pixels.ndim == 2 else pixels), rescaled
 
 
 def read_multiframe(path: str | Path):
@@ -132,7 +134,7 @@ def read_multiframe(path: str | Path):
         raise InputError(path, f"not a readable DICOM file ({type(err).__name__})") from err
     if int(dataset.get("SamplesPerPixel", 1) or 1) != 1:
         raise InputError(path, f"image has {dataset.SamplesPerPixel} components per voxel, expected 1")
-    pixels = _pixels(dataset, path)
+    pixels, rescaled = _pixels(dataset, path)
     count = pixels.shape[0]
     frames = [_frame_geometry(dataset, k, path) for k in range(count)]
     orientation = frames[0][0]
@@ -155,7 +157,7 @@ def read_multiframe(path: str | Path):
         k = int(uneven[0])
         raise InputError(path, f"the multi-frame image's frames are not evenly spaced: {gaps[k]:.2f} mm between "
                                f"frames {order[k] + 1} and {order[k + 1] + 1}, {step:.2f} mm elsewhere")
-    scales = [_rescale(dataset, int(k)) for k in order]
+    scales = [(1.0, 0.0) if rescaled else _rescale(dataset, int(k)) for k in order]
     array = pixels[order]
     if any(scale != (1.0, 0.0) for scale in scales):
         array = np.stack([frame.astype(np.float32) * slope + intercept

@@ -193,7 +193,9 @@ def _header(file: str):
 def _describe(files: tuple[str, ...]) -> SeriesInfo | None:
     """A series from its files' first header; ``None`` for objects that are not images."""
     header = _header(files[0])
+
     def get(name: str, default: Any = None) -> Any:
+        """The header's value, an enhanced image's from its shared functional groups, else ``default``."""
         if header is None:
             return default
         value = header.get(name)
