@@ -357,13 +357,15 @@ def _at_midline(scan: LoadedScan, presegmenter) -> tuple[LoadedScan, SliceChoice
                                 cover_field_of_view=True)
     # the central candidate on the whole canvas; the others only around the spine it shows
     centre = prepared.indices.index(grid.central_index)
+    outside = ~field_of_view_mask(prepared.grid)  # what the presegmenter draws in the padding is not there
     central = presegment_canvas(presegmenter, prepared.images[centre:centre + 1]).argmax(axis=1)
+    central[:, outside] = 0
     labels = central
     if len(prepared.images) > 1:
         others = presegment_canvas(presegmenter, np.delete(prepared.images, centre, axis=0),
-                                   region=spine_region_of_labels(central))
-        labels = np.insert(others.argmax(axis=1), centre, central[0], axis=0)
-    labels[:, ~field_of_view_mask(prepared.grid)] = 0  # what the presegmenter draws in the padding is not there
+                                   region=spine_region_of_labels(central)).argmax(axis=1)
+        others[:, outside] = 0
+        labels = np.insert(others, centre, central[0], axis=0)
     choice = choose_slice(prepared.indices, labels, grid.central_index)
     return dataclasses.replace(scan, prepared=_only(prepared, choice.index), slice_choice=choice), choice
 
