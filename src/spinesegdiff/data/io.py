@@ -6,7 +6,9 @@ LPS, exactly as ``SimpleITK.Image`` does. :func:`read_image` returns ``(array, g
 :func:`write_image` takes the same pair back, so a read followed by a write reproduces the file's grid.
 
 Supported: ``.mha``/``.mhd``, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr`` and DICOM series folders (read only;
-labels derived from DICOM are written as NIfTI, or as a DICOM SEG by :mod:`spinesegdiff.data.dicom_seg`).
+labels derived from DICOM are written as NIfTI, or as a DICOM SEG by :mod:`spinesegdiff.data.dicom_seg`). Which
+series of a folder is read is :mod:`spinesegdiff.data.dicom_series`'s choice; an enhanced multi-frame DICOM file
+is read by :mod:`spinesegdiff.data.dicom_multiframe`.
 """
 
 from __future__ import annotations
