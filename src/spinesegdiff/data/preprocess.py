@@ -346,6 +346,7 @@ def field_of_view_mask(grid: SagittalGrid) -> np.ndarray:
     The rest of the canvas is padding around a scan smaller than it: nothing a network draws there is in the
     scan, and the restored result never shows it.
     """
+
     def inside(axis: AxisResampling) -> np.ndarray:
         first, last = (np.array([0.0, axis.native_size - 1.0]) - axis.offset) / axis.scale  # model coordinates
         pixels = np.arange(axis.model_size)
