@@ -143,11 +143,15 @@ def test_predict_on_a_study_folder_reports_the_series_and_takes_another_on_reque
     report = json.loads((tmp_path / "out" / "study.json").read_text(encoding="utf-8"))
     assert report["series"]["uid"] == study["t2"].series_uid and report["series"]["chosen_by"] == "rule"
     assert len(report["series"]["others"]) == 3
+    assert (f"spinesegdiff: note: {tmp_path / 'study'}: read series 3 't2_tse_sag' (sagittal T2, preferred among 4 "
+            "image series: the models were trained on sagittal T2-weighted scans (--series chooses another))"
+            in result.stderr)
     seg = pydicom.dcmread(tmp_path / "out" / "study_seg.dcm")  # references the series that was segmented
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == study["t2"].series_uid
     chosen = predict("-i", str(tmp_path / "study"), "-o", str(tmp_path / "t1"), "--model", str(tiny_model),
                      "--preseg", "none", "--series", "2", "--format", "dicom-seg", *FAST)
     assert chosen.returncode == 0, chosen.stderr
+    assert "note:" not in chosen.stderr  # the user's choice needs no note
     report = json.loads((tmp_path / "t1" / "study.json").read_text(encoding="utf-8"))
     assert (report["series"]["uid"], report["series"]["chosen_by"]) == (study["t1"].series_uid, "user")
     seg = pydicom.dcmread(tmp_path / "t1" / "study_seg.dcm")  # the T1's grid is the T2's: only the UID tells

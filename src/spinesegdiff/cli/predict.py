@@ -49,6 +49,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         elif not args.quiet:
             names = ", ".join(path.name for path in outcome.paths.values())
             tqdm.write(f"{outcome.scan.name}: {names} ({outcome.seconds:.1f} s)")
+            chosen = _series_chosen(outcome.paths["report"]) if outcome.scan.is_dir() else None
+            if chosen is not None:
+                tqdm.write(f"spinesegdiff: note: {outcome.scan}: {chosen}", file=sys.stderr)
         if outcome.warning is not None:
             tqdm.write(f"spinesegdiff: warning: {outcome.warning}", file=sys.stderr)
     if failures:
@@ -56,6 +59,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"spinesegdiff: {failures} of {attempted} scans failed", file=sys.stderr)
         return EXIT_INPUT_ERROR
     return 0
+
+
+def _series_chosen(report: Path) -> str | None:
+    """For a DICOM folder of several series whose series the rule chose: which it read and why (from the report)."""
+    import json
+
+    try:
+        entry = json.loads(report.read_text(encoding="utf-8")).get("series") or {}
+    except (OSError, ValueError):
+        return None
+    if entry.get("chosen_by") != "rule":
+        return None
+    described = " ".join(str(part) for part in (entry.get("number"), repr(entry.get("description") or ""))
+                         if part not in (None, "", "''"))
+    return f"read series {described} ({entry.get('reason')})"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
