@@ -76,10 +76,15 @@ def write_result(folder: Path, stem: str, *, seed: int = 0, uncertainty_mean: fl
     return phantom
 
 
+SERIES = {"uid": "1.2.3.4", "number": 3, "description": "t2_tse_sag", "plane": "sagittal", "weighting": "T2",
+          "chosen_by": "rule", "reason": "sagittal T2, preferred among 4 image series", "others": []}
+"""The ``series`` entry of a report of a DICOM folder holding several series (``calm``'s)."""
+
+
 def write_cohort(folder: Path) -> dict[str, Phantom]:
     """Five cases: uncertainties 0.02, 0.31, 0.07 (volume, 3 slices), 0.12 (scan missing), 0.19 (doubtful)."""
     return {
-        "calm": write_result(folder, "calm", seed=1, uncertainty_mean=0.02),
+        "calm": write_result(folder, "calm", seed=1, uncertainty_mean=0.02, extra={"series": SERIES}),
         "worst": write_result(folder, "worst", seed=2, uncertainty_mean=0.31),
         "stack": write_result(folder, "stack", seed=3, uncertainty_mean=0.07, volume=True),
         "lost": write_result(folder, "lost", seed=4, uncertainty_mean=0.12, image="missing"),

@@ -227,9 +227,10 @@ def test_layers_toggle_fade_zoom_and_step_through_slices(driver, cohort) -> None
     assert selected(driver) == "calm" and not driver.find_element(By.ID, "slice-control").is_displayed()
     details = driver.find_element(By.ID, "details").text
     assert "mean uncertainty: 0.0200" in details
+    assert "series: 3 't2_tse_sag' (sagittal, T2; chosen by rule)" in details  # the DICOM series read
     press(driver, "k", "k", "k")
     details = driver.find_element(By.ID, "details").text
-    assert selected(driver) == "odd" and "too few discs" in details
+    assert selected(driver) == "odd" and "too few discs" in details and "series:" not in details
     assert "doubtful: the lowest disc is cut by the image's lower edge" in details  # the naming note
     assert "L4-L5 10.0 (9.7–14.2)" in details and "L5-S1 (partial)" in details  # a measure with its range
     entropy = level_report(5)["discs"][1]["uncertainty"]["boundary_entropy"]  # "odd" is written with seed 5

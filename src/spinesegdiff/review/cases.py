@@ -61,6 +61,8 @@ class CaseRecord:
         citation: the report's data citation, if any.
         series: the ``SeriesInstanceUID`` of the series segmented, for a DICOM folder holding several (the
             report's ``series.uid``), so that the page draws that series under its labels.
+        series_label: that series in words for the reviewer (``3 't2_tse_sag' (sagittal, T2; chosen by rule)``),
+            ``None`` for a scan that is no DICOM folder.
     """
 
     case: str
@@ -83,6 +85,7 @@ class CaseRecord:
     levels: dict[str, Any] = field(default_factory=dict)
     citation: str | None = None
     series: str | None = None
+    series_label: str | None = None
 
     @property
     def failed(self) -> bool:
@@ -234,7 +237,23 @@ def read_report(report: Path, folder: Path) -> CaseRecord:
         discs=_levels(data.get("discs")), vertebrae=_levels(data.get("vertebrae")),
         levels=_scalars(data.get("levels")),
         citation=data["citation"][:300] if isinstance(data.get("citation"), str) else None,
-        series=_series_uid(data.get("series")))
+        series=_series_uid(data.get("series")), series_label=_series_label(data.get("series")))
+
+
+def _series_label(entry: Any) -> str | None:
+    """The report's ``series`` in words: number, description, plane, weighting and how it was chosen."""
+    if not isinstance(entry, dict):
+        return None
+    number, description = entry.get("number"), entry.get("description")
+    whole = isinstance(number, int) and not isinstance(number, bool)
+    named = " ".join(part for part in (str(number) if whole else None,
+                                       repr(description[:80]) if isinstance(description, str) and description else None)
+                     if part)
+    kind = ", ".join(str(entry[key])[:40] for key in ("plane", "weighting") if isinstance(entry.get(key), str))
+    chosen = entry.get("chosen_by") if entry.get("chosen_by") in ("only", "rule", "user") else None
+    details = "; ".join(part for part in (kind, chosen and f"chosen by {chosen}") if part)
+    label = " ".join(part for part in (named, details and f"({details})") if part)
+    return label or None
 
 
 def _series_uid(entry: Any) -> str | None:

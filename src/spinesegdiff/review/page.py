@@ -132,7 +132,8 @@ def case_data(case: PageCase, folder: Path) -> dict[str, Any]:
             "mode": record.mode, "verdict": record.verdict, "score": record.quality_score,
             "uncertainty": record.uncertainty_mean, "reasons": list(record.reasons), "flags": list(case.all_flags),
             "structures": record.structures, "measures": record.measures, "discs": list(record.discs),
-            "vertebrae": list(record.vertebrae), "levels": record.levels, "layers": shown}
+            "vertebrae": list(record.vertebrae), "levels": record.levels, "series": record.series_label,
+            "layers": shown}
 
 
 def _legend_html(palette: dict[str, Any]) -> str:

@@ -334,6 +334,7 @@
     const facts = [`mode: ${c.mode}`, `check: ${c.verdict}`, `mean uncertainty: ${number(c.uncertainty, 4)}`];
     if (c.score !== null) facts.push(`quality score: ${number(c.score, 3)}`);
     facts.push(`scan: ${c.path || "not recorded"}`);
+    if (c.series) facts.push(`series: ${c.series}`);  // the DICOM series read, of a folder holding several
     parts.push(list(facts.concat(c.reasons.map((reason) => `reason: ${reason}`))));
     const naming = c.levels || {};
     if (naming.named_from) {
