@@ -345,9 +345,11 @@ def dicom_series_files(folder: str | Path, wanted: str | None = None) -> tuple[P
     return choose_series(folder, wanted).series.files
 
 
-def read_dicom_series(folder: str | Path, wanted: str | None = None):
+def read_dicom_series(folder: str | Path, wanted: str | SeriesInfo | None = None):
     """The series :func:`choose_series` takes as a ``SimpleITK.Image``, after :func:`check_dicom_slices`; a series
     stored as one enhanced multi-frame file is read by :func:`~spinesegdiff.data.dicom_multiframe.read_multiframe`.
+    ``wanted`` may be a series chosen already (a :class:`SeriesInfo` of ``folder``): the folder is not searched
+    again.
 
     Raises:
         InputError: see :func:`choose_series` and :func:`check_dicom_slices`.
@@ -355,7 +357,8 @@ def read_dicom_series(folder: str | Path, wanted: str | None = None):
     import SimpleITK as sitk
 
     folder = Path(folder)
-    files = [str(file) for file in dicom_series_files(folder, wanted)]
+    chosen = wanted.files if isinstance(wanted, SeriesInfo) else dicom_series_files(folder, wanted)
+    files = [str(file) for file in chosen]
     if frame_count(files[0]):  # an enhanced image: its frames are the slices
         if len(files) > 1:
             raise InputError(folder, f"the series is stored as {len(files)} multi-frame files, not one: give one of "

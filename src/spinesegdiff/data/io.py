@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from spinesegdiff.data.dicom_multiframe import frame_count, read_multiframe_sitk
-from spinesegdiff.data.dicom_series import read_dicom_series
+from spinesegdiff.data.dicom_series import SeriesInfo, read_dicom_series
 from spinesegdiff.errors import InputError, MissingInputError
 from spinesegdiff.files import atomic_write
 
@@ -237,11 +237,12 @@ def check_file_complete(path: str | Path) -> None:
         _check_nifti_size(path)
 
 
-def read_sitk_image(path: str | Path, *, series: str | None = None):
+def read_sitk_image(path: str | Path, *, series: str | SeriesInfo | None = None):
     """Read a file or DICOM series folder into a ``SimpleITK.Image``.
 
     ``series``: for a DICOM folder holding several series, the one to read (its UID, number or words of its
-    description; default: the preferred one, :func:`~spinesegdiff.data.dicom_series.choose_series`).
+    description, or a series chosen already; default: the preferred one,
+    :func:`~spinesegdiff.data.dicom_series.choose_series`).
 
     Raises:
         MissingInputError: ``path`` does not exist.
@@ -268,7 +269,7 @@ def read_sitk_image(path: str | Path, *, series: str | None = None):
 
 
 def read_image(path: str | Path, *, expected_dimension: int | None = 3,
-               series: str | None = None) -> tuple[np.ndarray, Geometry]:
+               series: str | SeriesInfo | None = None) -> tuple[np.ndarray, Geometry]:
     """Read an image as ``(array, geometry)``.
 
     Args:

@@ -290,9 +290,8 @@ def _study_inputs(studies: list[list[SeriesInfo]], wanted: str | None, protected
             if folder != chosen:
                 skipped.append(Skipped(folder, f"skipped: {other.label()}; of its study, {chosen.name}'s "
                                                f"{choice.series.label()} is segmented (--series names another)"))
-    for study in studies:
-        for info in study:
-            _protect(protected, info.files[0].parent)
+    for folder in dict.fromkeys(info.files[0].parent for study in studies for info in study):
+        _protect(protected, folder)  # each series folder once, however many series it holds
     return ScanInputs(scans=tuple(dict.fromkeys(scans)), skipped=tuple(skipped), protected=protected)
 
 

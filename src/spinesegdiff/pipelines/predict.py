@@ -211,10 +211,9 @@ def load_scan(image: str | Path | tuple[np.ndarray, Geometry], *, volume: bool =
         source, stem = None, "scan"
     else:
         source = Path(image)
-        if source.is_dir():
+        if source.is_dir():  # the folder is searched once: the series chosen is the one read
             series_choice = choose_series(source, series)
-            series = series_choice.series.uid or series
-        array, geometry = read_image(source, series=series)
+        array, geometry = read_image(source, series=series_choice.series if series_choice else series)
         stem = image_stem(source)
     read_seconds = time.perf_counter() - started
     mark = time.perf_counter()
